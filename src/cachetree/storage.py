@@ -10,6 +10,7 @@ a single put on object stores).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import posixpath
 import re
@@ -226,20 +227,25 @@ class Location:
 
         if self.is_local:
             return LocalStore(self.path, read_only=read_only)
-        fs = self.fs
-        if not getattr(fs, "async_impl", False):
-            from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+        return FsspecStore(self._async_fs(), path=self.path, read_only=read_only)
 
-            fs = AsyncFileSystemWrapper(fs)
-        return FsspecStore(fs, path=self.path, read_only=read_only)
+    def _async_fs(self) -> Any:
+        """An asynchronous instance of this filesystem, as zarr's FsspecStore needs."""
+        fs = self.fs
+        if fs.async_impl and fs.asynchronous:
+            return fs
+        if fs.async_impl:  # same filesystem and options, asynchronous mode
+            spec = json.loads(fs.to_json())
+            spec["asynchronous"] = True
+            return fsspec.AbstractFileSystem.from_json(json.dumps(spec))
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+        return AsyncFileSystemWrapper(fs, asynchronous=True)
 
     def remove(self) -> None:
         """Delete this file or directory tree; missing is fine."""
-        with _storage_errors(self):
-            try:
-                self.fs.rm(self.path, recursive=True)
-            except FileNotFoundError:
-                pass
+        with _storage_errors(self), contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self.path, recursive=True)
 
 
 def atomic_write_local(path: str, data: bytes | memoryview) -> None:

@@ -1,0 +1,169 @@
+"""The ``cachetree`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .clean import format_bytes
+from .errors import CacheTreeError
+from .manifest import Status
+from .node import Node
+from .storage import Location
+from .tree import CacheTree
+from .walk import NodeInfo, walk
+
+
+def _tree_line(info: NodeInfo) -> str:
+    label = ("  " * info.depth) + (info.name or "/")
+    time = (info.time or "")[:19].replace("T", " ")
+    return f"{label:<40} {info.state:<12} {info.kind:<28} {format_bytes(info.bytes):>10}  {time}"
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Print the tree with status, kind, size and time."""
+    root = Location.from_url(args.root)
+    infos = list(walk(root, max_depth=args.depth))
+    if not infos:
+        raise CacheTreeError(f"{args.root} is not a cache tree (no manifest found)")
+    if args.json:
+        print(json.dumps([_info_dict(i) for i in infos], indent=1))
+        return 0
+    print(f"{'node':<40} {'status':<12} {'kind':<28} {'size':>10}  time")
+    for info in infos:
+        print(_tree_line(info))
+    return 0
+
+
+def _info_dict(info: NodeInfo) -> dict:
+    return {
+        "path": info.path,
+        "url": info.url,
+        "state": info.state,
+        "kind": info.kind,
+        "bytes": info.bytes,
+        "time": info.time,
+        "children": list(info.children),
+    }
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Print one node's manifest."""
+    node = Node(Location.from_url(args.node))
+    manifest = node.manifest
+    if args.json:
+        print(manifest.to_json())
+        return 0
+    print(f"node:        {node.url}")
+    print(f"status:      {manifest.status.value}")
+    print(f"kind:        {manifest.kind}")
+    print(f"created:     {manifest.created}")
+    print(f"committed:   {manifest.committed or '-'}")
+    print(f"fingerprint: {manifest.fingerprint}")
+    print(f"params:      {json.dumps(manifest.params)}")
+    print(f"children:    {', '.join(node.child_names()) or '-'}")
+    print("items:")
+    for name, item in sorted(manifest.items.items()):
+        shape = f" {tuple(item['shape'])} {item.get('dtype', '')}" if "shape" in item else ""
+        print(
+            f"  {name:<30} {item.get('kind', '?'):<8} {format_bytes(item.get('bytes')):>10}{shape}"
+        )
+    return 0
+
+
+def cmd_commit(args: argparse.Namespace) -> int:
+    """Commit a node."""
+    node = Node(Location.from_url(args.node))
+    if node.status is Status.MISSING:
+        raise CacheTreeError(f"no cache node at {args.node}")
+    node.commit()
+    print(f"committed {node.url}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    """List (and unless --dry-run, delete) what the tree no longer needs."""
+    tree = CacheTree(args.root)
+    plan = tree.clean(dry_run=True, remove=args.remove)
+    print(plan)
+    if args.dry_run or not plan.entries:
+        return 0
+    if not args.yes and sys.stdin.isatty():
+        answer = input(f"delete {len(plan)} entries ({format_bytes(plan.total_bytes)})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 1
+    freed = plan.execute(progress=not args.quiet)
+    print(f"freed {format_bytes(freed)}")
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    """Break a node's owner lock."""
+    held = CacheTree(args.root).unlock(args.path)
+    print(f"removed lock held by {held.describe()}" if held else "node was not locked")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``cachetree`` command."""
+    parser = argparse.ArgumentParser(prog="cachetree", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cachetree {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("ls", cmd_ls, "list a cache tree with status, kind, size and time")
+    p.add_argument("root", help="root path or fsspec URL of the tree (or any node in it)")
+    p.add_argument("--depth", type=int, default=None, help="descend at most this many levels")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    p = add("info", cmd_info, "show one node's manifest and items")
+    p.add_argument("node", help="path or URL of the node")
+    p.add_argument("--json", action="store_true", help="print the raw manifest")
+
+    p = add("commit", cmd_commit, "mark a node complete")
+    p.add_argument("node", help="path or URL of the node")
+
+    p = add("clean", cmd_clean, "remove leftovers, stale nodes, temp files and combined parts")
+    p.add_argument("root", help="root path or URL of the tree")
+    p.add_argument("-n", "--dry-run", action="store_true", help="only list what would go")
+    p.add_argument(
+        "--remove",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also remove this committed node (repeatable)",
+    )
+    p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+    p = add("unlock", cmd_unlock, "break the owner lock of a node whose writer is gone")
+    p.add_argument("root", help="root path or URL of the tree")
+    p.add_argument("path", nargs="?", default="", help="node path relative to the root")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CacheTreeError as exc:
+        print(f"cachetree: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
