@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from .errors import NodeNotFoundError
 from .layout import LOCK, MANIFEST, PARTS
 from .manifest import Status
-from .storage import TMP_MARK, Location
+from .storage import TMP_MARK, Location, split_node_path
 from .walk import NodeInfo, walk
 
 
@@ -99,6 +99,7 @@ def plan_clean(root: Location, *, remove: Iterable[str] = ()) -> CleanPlan:
     by_path = {info.path: info for info in infos}
     doomed: list[str] = []
     for path in remove:
+        split_node_path(path)
         if path not in by_path:
             raise NodeNotFoundError(f"no node {path!r} under {root.url}")
         doomed.append(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -108,6 +109,23 @@ def cmd_unlock(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Run the sample-data demo pipeline, list the tree, and optionally open napari on it."""
+    from .demo import run_demo
+
+    tree = run_demo(args.out, report=(lambda line: None) if args.quiet else print)
+    print()
+    cmd_ls(argparse.Namespace(root=tree.url, depth=None, json=False))
+    view = args.view if args.view is not None else bool(os.environ.get("DISPLAY"))
+    if view:
+        from .napari import view_tree
+
+        view_tree(tree.url)
+    else:
+        print(f"\nopen it in napari: cachetree demo --out {args.out} --view")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cachetree`` command."""
     parser = argparse.ArgumentParser(prog="cachetree", description=__doc__)
@@ -146,6 +164,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
+    p = add("demo", cmd_demo, "run the demo pipeline on the shipped sample data")
+    p.add_argument("--out", default="cachetree-demo", help="cache tree root (default: %(default)s)")
+    p.add_argument(
+        "--view",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="open napari on the result (default: when a display exists)",
+    )
+
     p = add("unlock", cmd_unlock, "break the owner lock of a node whose writer is gone")
     p.add_argument("root", help="root path or URL of the tree")
     p.add_argument("path", nargs="?", default="", help="node path relative to the root")
@@ -163,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

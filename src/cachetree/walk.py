@@ -62,9 +62,18 @@ class NodeInfo:
 
     @property
     def state(self) -> str:
-        """One word for people: committed, stale, in progress, has parts, uncommitted, corrupt."""
+        """One word for people: committed, stale, in progress, has parts, uncommitted, corrupt.
+
+        A tree's root, a container that is never committed itself, says ``root``.
+        """
         if self.status is Status.CORRUPT:
             return "corrupt"
+        if (
+            self.status is Status.OPEN
+            and self.manifest is not None
+            and self.manifest.kind == "root"
+        ):
+            return "root"
         if self.status is Status.COMMITTED:
             return "stale" if self.stale else ("has parts" if self.has_parts else "committed")
         if self.writer is not None and self.writer_alive:
