@@ -19,7 +19,12 @@ from cachetree import (
     cdir_init,
     cdir_query,
 )
-from cachetree.errors import LockHeldError, StaleNodeError, UncommittedChildrenError
+from cachetree.errors import (
+    LockHeldError,
+    StaleNodeError,
+    StorageError,
+    UncommittedChildrenError,
+)
 from cachetree.layout import LOCK, MANIFEST, PARTS
 
 
@@ -265,3 +270,24 @@ def test_inventory_records_arrays(tree):
     np.testing.assert_array_equal(node.open_array("dense").compute(), np.arange(12).reshape(3, 4))
     raw = json.loads(node.location.raw_child(MANIFEST).read_text())
     assert raw["status"] == "committed" and raw["version"]
+
+
+def test_node_writer_is_flushed_before_commit(tree):
+    big = np.arange(200_000, dtype=np.float64)  # above the writer's synchronous threshold
+    with tree.node("async") as node:
+        for i in range(5):
+            node.writer.write(f"pred_{i}", big + i)
+        node.writer.write("heads", {"a": big, "b": big[:10]})
+    items = node.manifest.items
+    assert {f"pred_{i}.npy" for i in range(5)} | {"heads_a.npy", "heads_b.npy"} == set(items)
+    assert all(item["kind"] == "array" for item in items.values())
+    np.testing.assert_array_equal(np.load(node.item("pred_4.npy").path), big + 4)
+
+
+def test_node_writer_failure_keeps_node_uncommitted(tree):
+    node = tree.node("fails").open()
+    node.item("clash.npy").makedirs()  # a directory where the file should go
+    node.writer.write("clash", np.zeros(100_000))
+    with pytest.raises(StorageError, match="clash"):
+        node.commit()
+    assert node.status is Status.OPEN

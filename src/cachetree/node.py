@@ -31,6 +31,7 @@ from .layout import LOCK, MANIFEST, PARTS
 from .lock import acquire_lock, read_lock, release_lock
 from .manifest import Manifest, Status, now_iso, read_manifest, write_manifest
 from .storage import Location, validate_name
+from .writer import AsyncWriter
 
 log = logging.getLogger("cachetree")
 
@@ -103,6 +104,7 @@ class Node:
         self._writing = False
         self._log_lines: list[str] = []
         self._items_meta: dict[str, dict[str, Any]] = {}
+        self._writer: AsyncWriter | None = None
         self._params_json = to_jsonable(params)
 
     # -- identity ---------------------------------------------------------------------
@@ -322,6 +324,7 @@ class Node:
                 f"cannot commit {self.url}: child nodes {sorted(open_children)} are not "
                 "committed; commit or remove them first"
             )
+        self._close_writer()
         self._flush_log()
         items = scan_items(self.location, set(self.child_names()))
         for name, extra in self._items_meta.items():
@@ -338,9 +341,12 @@ class Node:
 
     def abandon(self) -> None:
         """Stop writing without committing: the node stays uncommitted and the lock is freed."""
-        self._flush_log()
-        release_lock(self.location)
-        self._writing = False
+        try:
+            self._close_writer()
+            self._flush_log()
+        finally:
+            release_lock(self.location)
+            self._writing = False
 
     def __enter__(self) -> Node:
         if self.open_mode is None:
@@ -401,6 +407,23 @@ class Node:
                 f"node {self.url} is {state}; open it (with new params to recompute) before "
                 "writing items"
             )
+
+    @property
+    def writer(self) -> AsyncWriter:
+        """A background writer rooted at the node (``.npy`` files; mappings one file per key).
+
+        Writes overlap with computation; :meth:`commit` waits for all of them (and re-raises
+        the first failure) before the manifest is written.
+        """
+        self._check_writable()
+        if self._writer is None or self._writer.closed:
+            self._writer = AsyncWriter(self.location, save_format="npy", dict_mode="split")
+        return self._writer
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
 
     def item(self, name: str) -> Location:
         """Location of item ``name`` in the node, for code that writes files itself."""
