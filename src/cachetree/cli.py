@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .clean import format_bytes
+from .clean import PART_GRACE, format_bytes, plan_clean
 from .errors import CacheTreeError
 from .manifest import Status
 from .node import Node
@@ -88,7 +88,7 @@ def cmd_commit(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     """List (and unless --dry-run, delete) what the tree no longer needs."""
     tree = CacheTree(args.root)
-    plan = tree.clean(dry_run=True, remove=args.remove)
+    plan = plan_clean(tree.root, remove=args.remove, part_grace=args.part_grace)
     print(plan)
     if args.dry_run or not plan.entries:
         return 0
@@ -99,6 +99,18 @@ def cmd_clean(args: argparse.Namespace) -> int:
             return 1
     freed = plan.execute(progress=not args.quiet)
     print(f"freed {format_bytes(freed)}")
+    return 0
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    """Combine a node's parts into its final results, then commit it."""
+    from .combine import combine
+
+    node = Node(Location.from_url(args.node))
+    if node.status is Status.MISSING:
+        raise CacheTreeError(f"no cache node at {args.node}")
+    report = combine(node, combiner=args.combiner, store=args.store, progress=not args.quiet)
+    print(report)
     return 0
 
 
@@ -163,6 +175,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove this committed node (repeatable)",
     )
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    p.add_argument(
+        "--part-grace",
+        type=float,
+        default=PART_GRACE,
+        metavar="SECONDS",
+        help="unfinished parts whose writer cannot be checked count as abandoned after this "
+        "long without change (default: %(default)s)",
+    )
+
+    p = add("combine", cmd_combine, "combine a node's parts into its results, then commit it")
+    p.add_argument("node", help="path or URL of the node")
+    p.add_argument(
+        "--combiner",
+        default=None,
+        help="combiner name or 'package.module:function' (default: the one set for the node)",
+    )
+    p.add_argument("--store", default="results", help="keyed store receiving the results")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar"
+    )
 
     p = add("demo", cmd_demo, "run the demo pipeline on the shipped sample data")
     p.add_argument("--out", default="cachetree-demo", help="cache tree root (default: %(default)s)")

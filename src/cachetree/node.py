@@ -429,6 +429,12 @@ class Node:
         """Location of item ``name`` in the node, for code that writes files itself."""
         return self.location.join(validate_name(name, what="item name"))
 
+    def keyed(self, name: str = "results", **options: Any) -> Any:
+        """The keyed store ``name`` of this node: see :class:`cachetree.keyed.KeyedStore`."""
+        from .keyed import KeyedStore
+
+        return KeyedStore(self, name, **options)
+
     def save_image(
         self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
     ) -> omezarr.ImageInfo:
