@@ -189,3 +189,18 @@ def test_memory_filesystem_roundtrip():
     assert list(store) == [("head", 0), ("head", 1)]
     np.testing.assert_array_equal(store[("head", 1)], np.arange(4) * 2)
     assert store.load(stack=True).shape == (2, 4)
+
+
+def test_commit_flushes_open_keyed_stores(tmp_path):
+    from cachetree import CacheTree
+
+    tree = CacheTree(tmp_path / "t")
+    with tree.node("k") as node:
+        store = node.keyed()
+        assert node.keyed() is store  # one store object per name while writing
+        for q2 in (1.5, 2.5):
+            store.write(q2, np.full((3, 3), q2))
+    reread = tree.node("k").keyed()
+    assert sorted(reread.keys()) == [1.5, 2.5]
+    np.testing.assert_array_equal(reread[2.5 + 1e-12], np.full((3, 3), 2.5))
+    assert node.manifest.items["results.keyed"]["kind"] == "keyed"

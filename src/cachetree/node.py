@@ -9,7 +9,7 @@ import posixpath
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from .lock import acquire_lock, read_lock, release_lock
 from .manifest import Manifest, Status, now_iso, read_manifest, write_manifest
 from .storage import Location, validate_name
 from .writer import AsyncWriter
+
+if TYPE_CHECKING:
+    from .keyed import KeyedStore
 
 log = logging.getLogger("cachetree")
 
@@ -105,6 +108,7 @@ class Node:
         self._log_lines: list[str] = []
         self._items_meta: dict[str, dict[str, Any]] = {}
         self._writer: AsyncWriter | None = None
+        self._stores: dict[str, KeyedStore] = {}
         self._params_json = to_jsonable(params)
 
     # -- identity ---------------------------------------------------------------------
@@ -421,6 +425,10 @@ class Node:
         return self._writer
 
     def _close_writer(self) -> None:
+        """Wait for background writes (node writer and keyed stores) to reach storage."""
+        stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
+            store.close()
         if self._writer is not None:
             writer, self._writer = self._writer, None
             writer.close()
@@ -429,11 +437,19 @@ class Node:
         """Location of item ``name`` in the node, for code that writes files itself."""
         return self.location.join(validate_name(name, what="item name"))
 
-    def keyed(self, name: str = "results", **options: Any) -> Any:
-        """The keyed store ``name`` of this node: see :class:`cachetree.keyed.KeyedStore`."""
+    def keyed(self, name: str = "results", **options: Any) -> KeyedStore:
+        """The keyed store ``name`` of this node (see :class:`cachetree.keyed.KeyedStore`).
+
+        While the node is being written the same store object is returned for a name, and
+        :meth:`commit` flushes it before the manifest is written.
+        """
         from .keyed import KeyedStore
 
-        return KeyedStore(self, name, **options)
+        if not self._writing:
+            return KeyedStore(self, name, **options)
+        if name not in self._stores:
+            self._stores[name] = KeyedStore(self, name, **options)
+        return self._stores[name]
 
     def save_image(
         self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
