@@ -525,3 +525,18 @@ def test_memory_filesystem_combine_and_merge():
     combine(other)
     merge(tree.node("m"), tree.node("m2"))
     assert list(tree.node("m").keyed()) == [*KEYS, 0.5]
+
+
+def test_walk_state_has_parts_only_while_parts_wait(tmp_path):
+    from cachetree import CacheTree
+    from cachetree.combine import add_part, add_shared, combine, set_combiner
+
+    tree = CacheTree(tmp_path / "t")
+    node = tree.node("n").open()
+    set_combiner(node, "sum")
+    add_shared(node, "thresholds", {"t": np.ones(2)})
+    add_part(node, "k", {"data": np.ones(2)})
+    node.abandon()
+    assert {i.path: i.state for i in tree.walk()}["n"] == "has parts"
+    combine(tree.node("n"))
+    assert {i.path: i.state for i in tree.walk()}["n"] == "committed"

@@ -171,18 +171,19 @@ def plan_clean(
             continue
         if info.status is Status.COMMITTED:
             plan.entries += _committed_leftovers(loc, info)
-            if info.has_parts:
+            if loc.raw_child(PARTS).exists():
                 plan.entries += _part_leftovers(loc, committed=True, grace=part_grace)
             continue
         reason = "corrupt manifest" if info.status is Status.CORRUPT else "uncommitted leftover"
-        if not info.children and not info.has_parts and info.depth > 0:
+        has_parts_area = loc.raw_child(PARTS).exists()
+        if not info.children and not has_parts_area and info.depth > 0:
             doomed.append(info.path)
             plan.entries.append(CleanEntry(loc, loc.du(), reason))
             continue
         plan.entries += [
             CleanEntry(e, e.du(), reason) for e in _own_entries(loc, info, keep_parts=True)
         ]
-        if info.has_parts:
+        if has_parts_area:
             plan.entries += _part_leftovers(loc, committed=False, grace=part_grace)
         if info.writer is not None:
             plan.entries.append(CleanEntry(loc.raw_child(LOCK), 0, "lock of a dead process"))

@@ -195,7 +195,8 @@ def _walk_node(
     children = [d for d in candidates if posixpath.join(path, d, MANIFEST) in manifests]
     lock_path = posixpath.join(path, LOCK)
     writer = _lock_of(lister.read_many([lock_path]).get(lock_path)) if LOCK in files else None
-    info = _node_info(root, path, raw, parent_fp, depth, writer, PARTS in dirs, children)
+    has_parts = PARTS in dirs and _has_pending_parts(lister, posixpath.join(path, PARTS))
+    info = _node_info(root, path, raw, parent_fp, depth, writer, has_parts, children)
     yield info
     if max_depth is not None and depth >= max_depth:
         return
@@ -211,6 +212,25 @@ def _walk_node(
             depth + 1,
             max_depth,
         )
+
+
+_KEPT_KINDS = ("shared", "config")
+"""Part kinds that stay after a combine: they do not make a node "have parts"."""
+
+
+def _has_pending_parts(lister: _Lister, parts_dir: str) -> bool:
+    """Whether the parts area holds anything but shared inputs and the combiner setting."""
+    names, _ = lister.entries(parts_dir)
+    for name in names:  # usually the first answers; shared inputs are few
+        marker = posixpath.join(parts_dir, name, "part.json")
+        raw = lister.read_many([marker]).get(marker)
+        try:
+            kind = json.loads(raw).get("kind") if raw is not None else None
+        except ValueError:
+            kind = None
+        if kind not in _KEPT_KINDS:
+            return True
+    return False
 
 
 def _node_info(
