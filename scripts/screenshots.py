@@ -1,0 +1,233 @@
+"""Take the screenshots of docs/napari.md from the running plugin.
+
+Run it under an X server from the repository root::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshots.py
+
+It builds the demo tree (File > Open Sample > Demo cache tree), adds the nodes the guide's
+walkthrough uses (a spilled, unfinished canvas; a node with parts to combine; a crashed
+node; leftovers to clean), then drives the real widgets and saves PNG files into
+``docs/screenshots/``. Every step waits for the widget's worker threads, so what is saved
+is what a user would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- the walkthrough's extra nodes (the guide shows the same code) ----------------------------
+def spilled_canvas(root: Path, rows_sent: int = 300) -> None:
+    """A patch merger that spilled to disk and stopped before finishing (as after a crash).
+
+    A stand-in "model" predicts two heads on 128 px patches at stride 96 of the demo image:
+    ``dab`` (one channel: DAB stain strength) and ``stains`` (hematoxylin and DAB). Only
+    the patches above ``rows_sent`` are sent; the memory budget forces spilling.
+    """
+    from cachetree import CacheTree
+    from cachetree.canvas import Canvas, HeadSpec
+
+    tree = CacheTree(root)
+    hed = tree.node("stains").open_image("hed")[0].compute()  # (3, 512, 512) optical densities
+    node = tree.node("predict", params={"model": "dab-v1", "patch": 128}).open()
+    canvas = Canvas(
+        node,
+        hed.shape[1:],
+        {"dab": HeadSpec(1), "stains": HeadSpec(2)},
+        weights="gaussian",
+        memory_budget="512 KiB",
+        tile=64,
+    )
+    for y in range(0, rows_sent - 127, 96):
+        boxes = np.array([[x, y, x + 128, y + 128] for x in range(0, 512 - 127, 96)])
+        patches = np.stack([hed[:, y : y + 128, x : x + 128] for x, y, _, _ in boxes])
+        dab = np.clip(patches[:, 2] / 0.5, 0, 1)[..., None]  # (N, 128, 128, 1)
+        stains = np.moveaxis(patches[:, [0, 2]], 1, -1)  # (N, 128, 128, 2)
+        canvas.add({"dab": dab, "stains": stains}, boxes)
+    canvas.checkpoint()  # everything merged so far is on disk now
+    canvas.close()  # ... and the run stops here, unfinished
+    node.abandon()
+
+
+def parts_to_combine(root: Path) -> None:
+    """Four workers count nuclei per 64 px region in their quarter of the image, as parts."""
+    from cachetree import CacheTree
+    from cachetree.combine import add_part, set_combiner
+
+    tree = CacheTree(root)
+    labels = tree.node("nuclei").open_image("nuclei")[0].compute()
+    node = tree.node("counts", params={"region": 64}).open()
+    set_combiner(node, "sum")
+    node.abandon()  # the workers, in other processes, add parts; combine runs later
+    for worker, (ys, xs) in enumerate([(0, 0), (0, 256), (256, 0), (256, 256)]):
+        counts = np.zeros((8, 8), np.float32)
+        quarter = labels[ys : ys + 256, xs : xs + 256]
+        for label in np.unique(quarter[quarter > 0]):
+            y, x = np.argwhere(quarter == label).mean(axis=0)
+            counts[int(ys + y) // 64, int(xs + x) // 64] += 1
+        add_part(
+            node.url, key="nuclei per region", arrays={"counts": counts}, name=f"worker-{worker}"
+        )
+
+
+def leftovers(root: Path) -> None:
+    """A run that crashed before committing, and an older run's leftover."""
+    from cachetree import CacheTree
+
+    tree = CacheTree(root)
+    crashed = tree.node("report", params={"format": "json"}).open()
+    crashed.save_json("summary", {"nuclei": 55, "status": "written, never committed"})
+    crashed.abandon()  # died here: the data is complete but the node is not committed
+    old = tree.node("old-run").open()
+    old.save_array("scratch", np.zeros((512, 512), np.float32))
+    old.abandon()
+
+
+# -- driving napari ---------------------------------------------------------------------------
+def wait(condition, timeout: float = 30.0) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        QApplication.processEvents()
+        if condition():
+            for _ in range(5):  # let the last repaints happen
+                QApplication.processEvents()
+                time.sleep(0.02)
+            return
+        time.sleep(0.02)
+    raise TimeoutError("the widget did not finish in time")
+
+
+def save(image: np.ndarray, path: Path) -> None:
+    import imageio.v3 as iio
+
+    iio.imwrite(path, image)
+    print(f"wrote {path.relative_to(REPO)} {image.shape[1]}x{image.shape[0]}")
+
+
+def grab(widget, path: Path) -> None:
+    """Save a dock widget, cut below its content (docks are taller than what they hold)."""
+    from qtpy.QtCore import QRect
+
+    height = min(widget.height(), widget.sizeHint().height() + 8)
+    widget.grab(QRect(0, 0, widget.width(), height)).save(str(path))
+    print(f"wrote {path.relative_to(REPO)} {widget.width()}x{height}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="cachetree-screens-"))
+    demo = tmp / "cachetree-demo"
+    os.environ["CACHETREE_DEMO_DIR"] = str(demo)
+
+    import napari
+
+    viewer = napari.Viewer(title="napari + cachetree")
+    viewer.window._qt_window.resize(1500, 940)
+    wait(lambda: True)
+
+    # 1. File > Open Sample > Demo cache tree
+    viewer.open_sample("cachetree", "demo")
+    wait(lambda: True)
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "sample.png")
+
+    spilled_canvas(demo)
+    parts_to_combine(demo)
+    leftovers(demo)
+
+    # 2. the browser, with a node's log in the text pane
+    _, browser = viewer.window.add_plugin_dock_widget("cachetree", "Cache tree browser")
+    wait(lambda: browser.row("density") is not None and not browser.busy)
+    for path in ("density", "predict"):
+        browser.row(path).setExpanded(True)
+    wait(lambda: not browser.busy)
+    browser.open_row(browser.select("density", "log.txt"))
+    wait(lambda: not browser.busy)
+    browser.select("density", "log.txt")
+    browser.open_row(browser.select("density", "log.txt"))
+    wait(lambda: not browser.busy)
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "browser.png")
+
+    # 3. the spilled, unfinished canvas, normalised lazily
+    for layer in viewer.layers:
+        layer.visible = False
+    browser.row("predict").setExpanded(False)
+    browser.open_row(browser.select("predict"))
+    wait(lambda: not browser.busy and "predict:dab" in viewer.layers)
+    viewer.layers["predict:dab"].colormap = "inferno"
+    for name in ("predict:stains [0]", "predict:stains [1]"):
+        viewer.layers[name].visible = False
+    viewer.reset_view()
+    wait(lambda: True)
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "spilled-canvas.png")
+
+    # 4. one spill part, where it sits on the canvas
+    browser.row("predict").setExpanded(True)
+    wait(lambda: not browser.busy)
+    parts = browser.row("predict").child(0)
+    parts.setExpanded(True)
+    spills = [
+        parts.child(i)
+        for i in range(parts.childCount())
+        if parts.child(i).text(0).startswith("canvas-spill")
+    ]
+    spill = spills[len(spills) // 2]
+    browser.tree.setCurrentItem(spill)
+    browser.tree.scrollToItem(spill)
+    browser.open_selected()
+    part_layer = f"predict:parts/{spill.text(0)}/dab"
+    wait(lambda: not browser.busy and part_layer in viewer.layers)
+    viewer.layers["predict:dab"].colormap = "gray"
+    viewer.layers["predict:dab"].opacity = 0.5
+    viewer.layers[part_layer].colormap = "inferno"
+    for layer in viewer.layers:
+        if layer.name.startswith(f"predict:parts/{spill.text(0)}/stains"):
+            layer.visible = False
+    wait(lambda: True)
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "spill-part.png")
+
+    # 5. Commit the crashed node
+    _, commit = viewer.window.add_plugin_dock_widget("cachetree", "Commit")
+    browser.select("report")
+    wait(lambda: commit.run_button.isEnabled())
+    commit.run()
+    wait(lambda: not commit.busy)
+    grab(commit, args.out / "commit.png")
+
+    # 6. Combine the workers' parts
+    _, combine = viewer.window.add_plugin_dock_widget("cachetree", "Combine")
+    browser.select("counts")
+    wait(lambda: combine.run_button.isEnabled())
+    combine.run()
+    wait(lambda: not combine.busy)
+    grab(combine, args.out / "combine.png")
+
+    # 7. Clean: the dry run, waiting for confirmation
+    _, clean = viewer.window.add_plugin_dock_widget("cachetree", "Clean")
+    browser.select("")
+    wait(lambda: not browser.busy)
+    clean.run()
+    wait(lambda: not clean.busy and clean.plan is not None)
+    clean.resize(520, 460)
+    grab(clean, args.out / "clean.png")
+
+    viewer.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,508 @@
+"""Cache-tree content as napari layer data tuples: pure functions, metadata first, data lazy.
+
+Every function here returns ``(data, kwargs, layer_type)`` tuples (napari's *LayerData*)
+and reads only metadata: pixels stay in dask arrays until napari asks for the tiles it
+draws. Layers are named ``"<node path>:<item>"`` (the root's folder name stands in for the
+root's empty path), so opening the same item twice can be recognised by name.
+
+Nothing here imports Qt; the reader, the sample data and the browser share it.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cachetree import omezarr
+from cachetree.errors import CacheTreeError, NodeNotFoundError
+from cachetree.layout import MANIFEST, PARTS
+from cachetree.node import Node
+from cachetree.parts import PartInfo, list_parts
+from cachetree.storage import Location
+
+from ._listing import ItemEntry, find_tree_root, node_items
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+LAYER_KINDS = frozenset({"image", "labels"})
+"""Item kinds a node shows as layers when the node itself is opened, besides the heads of a
+canvas in progress (plots, arrays and parts open one at a time: a plot has no place in the
+image's coordinates). A finalised canvas' heads are images of its node."""
+TEXT_KINDS = frozenset({"log", "json"})
+"""Item kinds shown as text."""
+MAX_TEXT = 1_000_000
+"""Characters of a log shown at most (its end, where the latest lines are)."""
+MAX_NODE_LAYERS = 12
+"""Layers opened at most for a node without images of its own (a root or a group)."""
+_PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
+_COLOUR_NAMES = frozenset({"red", "green", "blue", "cyan", "magenta", "yellow", "gray"})
+
+
+@dataclass
+class Opened:
+    """Layers (and text) produced for one request, with what could not be shown and why."""
+
+    layers: list[LayerData] = field(default_factory=list)
+    text: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+# -- naming ---------------------------------------------------------------------------------
+def node_label(root: Location, node: Location) -> str:
+    """How a node is named in layer names: its path in the tree, or the root's folder name."""
+    return node.relative_to(root) or root.name
+
+
+def item_label(name: str) -> str:
+    """An item's name without the ``.ome.zarr`` / ``.zarr`` suffix (plots keep theirs)."""
+    return name.removesuffix(".zarr").removesuffix(".ome")
+
+
+def layer_name(label: str, item: str) -> str:
+    """The layer name of ``item`` of the node called ``label``."""
+    return f"{label}:{item_label(item)}"
+
+
+def _origin(root: Location, node: Location, item: str | None) -> dict[str, Any]:
+    """Layer metadata that lets the browser find where a layer came from."""
+    return {"cachetree": {"root": root.url, "node": node.relative_to(root), "item": item}}
+
+
+# -- one item -------------------------------------------------------------------------------
+def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> LayerData:
+    """An OME-Zarr image or labels pyramid as one lazy (multiscale) layer.
+
+    Scale, translation, contrast limits, channel names and colours come from the metadata;
+    a ``c`` axis becomes napari's ``channel_axis`` (one layer per channel).
+    """
+    info = omezarr.read_image(location)
+    pyramid = omezarr.open_image(location)
+    data: Any = pyramid if len(pyramid) > 1 else pyramid[0]
+    axes = list(info.axes)
+    scale, translate = list(info.scale), list(info.translation)
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "metadata": metadata,
+        "multiscale": len(pyramid) > 1,
+    }
+    if info.labels:
+        kwargs.update(scale=scale, translate=translate, axis_labels=axes)
+        return data, kwargs, "labels"
+    if "c" in axes:
+        c = axes.index("c")
+        del axes[c], scale[c], translate[c]
+        names = info.channel_names or tuple(f"channel_{i}" for i in range(info.shape[c]))
+        kwargs.update(
+            channel_axis=c,
+            name=[f"{name} [{n}]" for n in names],
+            colormap=_channel_colours(location, names),
+        )
+    kwargs.update(scale=scale, translate=translate, axis_labels=axes)
+    if info.contrast_limits is not None:
+        limits = info.contrast_limits
+        kwargs["contrast_limits"] = [list(w) for w in limits] if "c" in info.axes else list(limits)
+    return data, kwargs, "image"
+
+
+def _channel_colours(location: Location, names: tuple[str, ...]) -> list[str]:
+    """One colormap per channel: a channel named like a colour gets it, else its omero colour."""
+    try:
+        attrs = json.loads(location.raw_child(".zattrs").read_bytes())
+        channels = attrs.get("omero", {}).get("channels", [])
+        colours = [f"#{ch['color']}" for ch in channels]
+    except (CacheTreeError, OSError, ValueError, KeyError, TypeError):
+        colours = []
+    if len(colours) != len(names):
+        colours = _cycle_colours(len(names))
+    pairs = zip(names, colours, strict=True)
+    return [n.lower() if n.lower() in _COLOUR_NAMES else c for n, c in pairs]
+
+
+def _cycle_colours(count: int) -> list[str]:
+    defaults = ("magenta", "green", "cyan", "yellow", "red", "blue")
+    return [defaults[i % len(defaults)] for i in range(count)]
+
+
+def plot_layer(encoded: bytes, name: str, metadata: dict[str, Any], suffix: str) -> LayerData:
+    """A PNG/JPEG (or, with Qt's SVG module, SVG) plot as an RGB(A) image layer."""
+    if suffix == ".svg":
+        pixels = _render_svg(encoded)
+    else:
+        import imageio.v3 as iio
+
+        pixels = iio.imread(encoded)
+    if pixels.ndim == 2:
+        return pixels, {"name": name, "metadata": metadata}, "image"
+    return pixels, {"name": name, "metadata": metadata, "rgb": True}, "image"
+
+
+def _render_svg(encoded: bytes) -> np.ndarray:
+    """Rasterise an SVG with Qt (RGBA, at its natural size)."""
+    from qtpy.QtCore import QByteArray
+    from qtpy.QtGui import QImage, QPainter
+
+    try:
+        from qtpy.QtSvg import QSvgRenderer
+    except ImportError as exc:  # pragma: no cover - QtSvg ships with PyQt6 and PySide6
+        raise CacheTreeError("showing SVG plots needs Qt's SVG module (QtSvg)") from exc
+    renderer = QSvgRenderer(QByteArray(encoded))
+    size = renderer.defaultSize()
+    if not renderer.isValid() or size.isEmpty():
+        raise CacheTreeError("the SVG plot cannot be read")
+    image = QImage(size, QImage.Format.Format_RGBA8888)
+    image.fill(0)
+    painter = QPainter(image)
+    renderer.render(painter)
+    painter.end()
+    buffer = image.constBits()
+    if hasattr(buffer, "setsize"):  # PyQt hands out a sized-less pointer
+        buffer.setsize(image.sizeInBytes())
+    rows = np.frombuffer(buffer, np.uint8).reshape(size.height(), image.bytesPerLine())
+    return rows[:, : size.width() * 4].reshape(size.height(), size.width(), 4).copy()
+
+
+def array_layer(data: Any, name: str, metadata: dict[str, Any]) -> LayerData:
+    """A plain 2-D or larger array (Zarr or ``.npy``) as a single-scale image layer."""
+    if data.ndim < 2:
+        raise CacheTreeError(f"{name} is {data.ndim}-D: only arrays of 2 or more axes are shown")
+    return data, {"name": name, "metadata": metadata}, "image"
+
+
+def lazy_pyramid(level0: Any, min_size: int = 256) -> list[Any]:
+    """Levels 1..n of a lazy array without a pyramid, as strided views of level 0.
+
+    napari then reads only the tiles on screen when zoomed in; a zoomed-out view still reads
+    every tile it covers (there is no stored low-resolution level to read instead).
+    """
+    levels = [level0]
+    factor = 2
+    while max(level0.shape[-2:]) // factor >= min_size:
+        levels.append(level0[..., ::factor, ::factor])
+        factor *= 2
+    return levels
+
+
+def canvas_layers(node: Node, root: Location) -> list[LayerData]:
+    """The heads of a canvas still being merged (spilled or partial), normalised lazily.
+
+    One layer per head (one per channel for multi-channel heads); tiles not on disk yet
+    show the canvas' fill value. Display windows come from the newest checkpoint, when the
+    writer made one; otherwise napari computes them from the coarsest level.
+    """
+    from cachetree.canvas import CHECKPOINT_KIND
+    from cachetree.canvas_view import open_canvas
+
+    label = node_label(root, node.location)
+    heads = open_canvas(node.location)
+    checkpoints = list_parts(node.location, kind=CHECKPOINT_KIND)
+    newest = max(checkpoints, key=lambda p: p.meta.get("seq", -1)) if checkpoints else None
+    layers = []
+    for head, level0 in heads.items():
+        name = layer_name(label, head)
+        metadata = {**_origin(root, node.location, None), "canvas_head": head}
+        pyramid = lazy_pyramid(level0)
+        kwargs: dict[str, Any] = {
+            "name": name,
+            "metadata": metadata,
+            "multiscale": len(pyramid) > 1,
+        }
+        limits = _checkpoint_limits(newest, head)
+        if level0.ndim == 3:
+            kwargs.update(
+                channel_axis=0,
+                name=[f"{name} [{i}]" for i in range(level0.shape[0])],
+                colormap=_cycle_colours(level0.shape[0]),
+            )
+        if limits is not None:
+            kwargs["contrast_limits"] = limits if level0.ndim == 3 else limits[0]
+        layers.append((pyramid if len(pyramid) > 1 else level0, kwargs, "image"))
+    return layers
+
+
+def _checkpoint_limits(checkpoint: PartInfo | None, head: str) -> list[list[float]] | None:
+    """Per-channel (low, high) the writer recorded in its newest checkpoint, if usable."""
+    if checkpoint is None or f"stats/{head}" not in checkpoint.arrays:
+        return None
+    low, high = np.asarray(checkpoint.read(f"stats/{head}"), np.float64)
+    if not (np.isfinite(low).all() and np.isfinite(high).all()):
+        return None
+    pairs = zip(low, high, strict=True)
+    return [[float(lo), float(hi) if hi > lo else float(lo) + 1] for lo, hi in pairs]
+
+
+def spill_part_layers(part: PartInfo, label: str, metadata: dict[str, Any]) -> list[LayerData]:
+    """What one canvas spill part holds: each head's sum / weight over its tiles, and weight.
+
+    The arrays of the part's tiles are placed in their bounding box (translated to where
+    they sit on the canvas); pixels the part does not cover are NaN (not drawn). The weight
+    layer comes first, hidden.
+    """
+    tiles = part.meta.get("tiles") or []
+    if not tiles:
+        raise CacheTreeError(f"spill part {part.name!r} lists no tiles")
+    top, left = min(t[2] for t in tiles), min(t[3] for t in tiles)
+    bottom, right = max(t[4] for t in tiles), max(t[5] for t in tiles)
+    heads = sorted({a.split("/")[1] for a in part.arrays if a.count("/") == 2})
+    weight = np.full((bottom - top, right - left), np.nan, np.float32)
+    sums: dict[str, np.ndarray] = {}
+    for ty, tx, y0, x0, y1, x1 in tiles:
+        box = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+        weight[box] = np.nan_to_num(weight[box]) + part.read(f"{ty}_{tx}/weight")
+        for head in heads:
+            tile_sum = np.moveaxis(np.asarray(part.read(f"{ty}_{tx}/{head}/sum")), -1, 0)
+            if head not in sums:
+                sums[head] = np.full((len(tile_sum), *weight.shape), np.nan, np.float32)
+            sums[head][(slice(None), *box)] = (
+                np.nan_to_num(sums[head][(slice(None), *box)]) + tile_sum
+            )
+    base = f"{label}:parts/{part.name}"
+    layers: list[LayerData] = []
+    for head, total in sums.items():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total / weight
+        kwargs: dict[str, Any] = {"translate": (top, left), "metadata": metadata}
+        if len(mean) > 1:
+            kwargs.update(channel_axis=0, name=[f"{base}/{head} [{i}]" for i in range(len(mean))])
+            layers.append((mean, kwargs, "image"))
+        else:
+            layers.append((mean[0], {**kwargs, "name": f"{base}/{head}"}, "image"))
+    weight_kwargs = {"translate": (top, left), "metadata": metadata, "name": f"{base}/weight"}
+    layers.insert(0, (weight, {**weight_kwargs, "colormap": "viridis", "visible": False}, "image"))
+    return layers
+
+
+def part_layers(part: PartInfo, label: str, metadata: dict[str, Any]) -> list[LayerData]:
+    """Every array of 2 or more axes of one part, as image layers (memory-mapped locally).
+
+    A canvas spill part is shown as what it contributes to the canvas instead
+    (:func:`spill_part_layers`).
+    """
+    from cachetree.canvas import SPILL_KIND
+
+    if part.kind == SPILL_KIND:
+        return spill_part_layers(part, label, metadata)
+    layers = []
+    for array, spec in sorted(part.arrays.items()):
+        if len(spec.get("shape", ())) < 2:
+            continue
+        name = f"{label}:parts/{part.name}/{array}"
+        layers.append(array_layer(part.read(array), name, metadata))
+    if not layers:
+        raise CacheTreeError(f"part {part.name!r} holds no array of 2 or more axes to show")
+    return layers
+
+
+def item_layers(node: Node, root: Location, entry: ItemEntry) -> list[LayerData]:
+    """Layers of one item of ``node``, by its kind (raise for kinds that are not images)."""
+    label = node_label(root, node.location)
+    name = layer_name(label, entry.name)
+    metadata = _origin(root, node.location, entry.name)
+    if entry.kind in ("image", "labels"):
+        return [ome_zarr_layer(node.item(entry.name), name, metadata)]
+    if entry.kind == "plot":
+        suffix = posixpath.splitext(entry.name)[1].lower()
+        if suffix not in _PLOT_SUFFIXES:
+            raise CacheTreeError(f"{entry.name}: only PNG, JPEG and SVG plots can be shown")
+        return [plot_layer(node.load_bytes(entry.name), name, metadata, suffix)]
+    if entry.kind == "array":
+        if entry.name.endswith(".npy"):
+            data = _load_npy(node.item(entry.name))
+        else:
+            data = node.open_array(entry.name)
+        return [array_layer(data, name, metadata)]
+    raise CacheTreeError(f"{entry.name} is a {entry.kind} item, which has no image to show")
+
+
+def _load_npy(location: Location) -> np.ndarray:
+    import io
+
+    if location.is_local:
+        return np.load(location.path, mmap_mode="r", allow_pickle=False)
+    return np.load(io.BytesIO(location.read_bytes()), allow_pickle=False)
+
+
+def item_text(node: Node, entry: ItemEntry) -> str:
+    """The text of a log or JSON item (JSON pretty-printed, long logs cut to their end)."""
+    if entry.kind == "json":
+        return json.dumps(node.load_json(entry.name), indent=2)
+    text = node.load_text(entry.name)
+    if len(text) > MAX_TEXT:
+        text = f"[... first {len(text) - MAX_TEXT} characters not shown ...]\n" + text[-MAX_TEXT:]
+    return text
+
+
+def add_layers(viewer: Any, layers: list[LayerData]) -> list[Any]:
+    """Add layer data tuples to ``viewer``; an item already shown is selected, not added again.
+
+    Returns the layers shown for the request (new or reused).
+    """
+    shown = []
+    for data, kwargs, layer_type in layers:
+        names = kwargs["name"] if isinstance(kwargs["name"], list) else [kwargs["name"]]
+        if all(name in viewer.layers for name in names):
+            existing = [viewer.layers[name] for name in names]
+            viewer.layers.selection.update(existing)
+            shown += existing
+            continue
+        added = getattr(viewer, f"add_{layer_type}")(data, **kwargs)
+        shown += added if isinstance(added, list) else [added]
+    return shown
+
+
+# -- requests -------------------------------------------------------------------------------
+def open_item(node: Node, root: Location, entry: ItemEntry) -> Opened:
+    """What opening one item shows: text for logs and JSON, layers for everything else."""
+    if entry.kind in TEXT_KINDS:
+        return Opened(text=item_text(node, entry))
+    if entry.kind == "keyed":
+        return open_keyed(node, root, entry)
+    return Opened(layers=item_layers(node, root, entry))
+
+
+def open_keyed(node: Node, root: Location, entry: ItemEntry) -> Opened:
+    """A keyed store: its keys as text, and its arrays of 2 or more axes as one lazy layer.
+
+    When every array shares shape and dtype they are stacked along a leading ``key`` axis
+    (a slider; only the key shown is read); otherwise each key is its own layer, up to
+    :data:`MAX_NODE_LAYERS` of them.
+    """
+    import dask
+    import dask.array as da
+
+    from cachetree.keyed import KeyedStore
+
+    store = KeyedStore(node.location, entry.name, mmap=True)
+    entries = store.entries()
+    label = node_label(root, node.location)
+    lines = [f"keyed store {entry.name}: {len(entries)} keys", ""]
+    lines += [f"{e['key']!r}: {tuple(e['shape'])} {np.dtype(e['dtype'])}" for e in entries]
+    opened = Opened(text="\n".join(lines))
+    images = [e for e in entries if len(e["shape"]) >= 2]
+    metadata = _origin(root, node.location, entry.name)
+    kinds = {(tuple(e["shape"]), np.dtype(e["dtype"])) for e in images}
+    load = dask.delayed(lambda key: store[key], pure=True)
+    if len(kinds) == 1:
+        shape, dtype = kinds.pop()
+        stack = da.stack([da.from_delayed(load(e["key"]), shape, dtype) for e in images])
+        kwargs = {
+            "name": layer_name(label, entry.name),
+            "metadata": {**metadata, "keys": [repr(e["key"]) for e in images]},
+            "axis_labels": ("key", *(f"axis {i}" for i in range(len(shape)))),
+        }
+        opened.layers.append((stack, kwargs, "image"))
+        return opened
+    for e in images[:MAX_NODE_LAYERS]:
+        name = f"{layer_name(label, entry.name)}[{e['key']!r}]"
+        opened.layers.append(array_layer(store[e["key"]], name, metadata))
+    if len(images) > MAX_NODE_LAYERS:
+        opened.problems.append(f"{entry.name}: only the first {MAX_NODE_LAYERS} keys are shown")
+    return opened
+
+
+def canvas_in_progress(node: Node) -> Any | None:
+    """The state of a canvas being merged in ``node`` (spilled or partial), else None.
+
+    Reads nothing when the node has no parts; a finalised canvas is None (its heads are
+    ordinary images of the node).
+    """
+    from cachetree.canvas_view import canvas_state
+
+    if not node.location.raw_child(PARTS).exists():
+        return None
+    try:
+        state = canvas_state(node.location)
+    except NodeNotFoundError:
+        return None
+    return None if state.finalized else state
+
+
+def open_part(node: Node, root: Location, part: PartInfo) -> Opened:
+    """Layers of one part of ``node``."""
+    metadata = _origin(root, node.location, f"parts/{part.name}")
+    return Opened(layers=part_layers(part, node_label(root, node.location), metadata))
+
+
+def open_node(node: Node, root: Location, *, limit: int = MAX_NODE_LAYERS) -> Opened:
+    """The layers of a node's images, labels and canvases.
+
+    A node with none of its own (typically a root or a group node) shows those of its
+    descendants instead, breadth first and in the order they were made, up to ``limit``
+    layers: opening a root gives an overview without reading every node of a large tree.
+    As images cover each other, only the first node's images are visible then (labels are
+    overlays and stay visible); the others are added hidden. Items that cannot be shown are
+    listed in ``problems``; the others still open.
+    """
+    opened = Opened()
+    _add_node_items(opened, node, root)
+    if opened.layers:
+        return opened
+    queue = deque(_in_pipeline_order(node.children()))
+    first_images: str | None = None
+    while queue and len(opened.layers) < limit:
+        child = queue.popleft()
+        start = len(opened.layers)
+        _add_node_items(opened, child, root, limit=limit)
+        for _, kwargs, layer_type in opened.layers[start:]:
+            if layer_type != "image":
+                continue
+            first_images = first_images or child.url
+            if child.url != first_images:  # images hide each other: only the first step's show
+                kwargs["visible"] = False
+        queue.extend(_in_pipeline_order(child.children()))
+    return opened
+
+
+def _in_pipeline_order(nodes: list[Node]) -> list[Node]:
+    """Nodes by creation time (the order a pipeline made them in), then by name."""
+
+    def created(node: Node) -> str:
+        try:
+            return node.manifest.created
+        except CacheTreeError:
+            return "~"  # unreadable manifests last
+
+    return sorted(nodes, key=lambda node: (created(node), node.name))
+
+
+def _add_node_items(
+    opened: Opened, node: Node, root: Location, *, limit: int | None = None
+) -> None:
+    label = node_label(root, node.location)
+    try:
+        if canvas_in_progress(node) is not None:
+            opened.layers += canvas_layers(node, root)
+    except Exception as exc:  # an unreadable canvas must not hide the node's images
+        opened.problems.append(f"{label} (canvas): {exc}")
+    try:
+        entries = node_items(node)
+    except Exception as exc:  # one unreadable node must not hide the others
+        opened.problems.append(f"{label}: {exc}")
+        return
+    for entry in (e for e in entries if e.kind in LAYER_KINDS):
+        if limit is not None and len(opened.layers) >= limit:
+            return
+        try:
+            opened.layers += item_layers(node, root, entry)
+        except Exception as exc:  # one unreadable item must not hide the others
+            opened.problems.append(f"{layer_name(label, entry.name)}: {exc}")
+
+
+def open_location(location: Location) -> Opened:
+    """Whatever is at ``location``: a cache root or node, or a single OME-Zarr image."""
+    if location.raw_child(MANIFEST).exists():
+        root = find_tree_root(location)
+        return open_node(Node(location, root=root), root)
+    # a bare OME-Zarr image, possibly an item of a node
+    parent = location.parent
+    if parent.raw_child(MANIFEST).exists():
+        root = find_tree_root(parent)
+        name = layer_name(node_label(root, parent), location.name)
+        metadata = _origin(root, parent, location.name)
+    else:
+        name, metadata = item_label(location.name), {"cachetree": {"url": location.url}}
+    return Opened(layers=[ome_zarr_layer(location, name, metadata)])
