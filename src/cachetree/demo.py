@@ -36,7 +36,7 @@ _HED_FROM_RGB = np.linalg.inv(
 class DemoParams:
     """Parameters of the demo pipeline; change one to see which nodes are recomputed."""
 
-    nuclei_threshold: float = 0.05
+    nuclei_threshold: float = 0.25
     """Hematoxylin optical density above which a pixel belongs to a nucleus."""
     min_nucleus_pixels: int = 20
     """Smaller connected components are dropped."""
