@@ -103,9 +103,17 @@ def test_unknown_command_is_a_usage_error():
     assert out.returncode == 2 and "invalid choice" in out.stderr
 
 
-def test_demo_runs_then_reuses(tmp_path):
+def test_demo_runs_then_reuses_then_recomputes_what_a_parameter_changes(tmp_path):
     out = cli("demo", "--out", str(tmp_path / "demo"), "--no-view")
     assert out.returncode == 0, out.stderr
     assert "density: new" in out.stdout and "committed" in out.stdout
+    assert "model patches" in out.stderr  # a progress bar
     again = cli("demo", "--out", str(tmp_path / "demo"), "--no-view")
     assert "density: reused" in again.stdout and "input:   reused" in again.stdout
+    changed = cli("demo", "--out", str(tmp_path / "demo"), "--no-view", "--region", "32")
+    lines = changed.stdout.splitlines()
+    assert {"input:   reused", "model:   reused", "nuclei:  reused", "density: recompute"} <= set(
+        lines
+    )
+    quiet = cli("demo", "--out", str(tmp_path / "demo"), "--no-view", "--quiet")
+    assert quiet.returncode == 0 and "reused" not in quiet.stdout and "%|" not in quiet.stderr

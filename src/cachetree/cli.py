@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 
 from . import __version__
 from .clean import PART_GRACE, format_bytes, plan_clean
+from .demo import DemoParams
 from .errors import CacheTreeError
 from .manifest import Status
 from .node import Node
@@ -123,9 +124,16 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the sample-data demo pipeline, list the tree, and optionally open napari on it."""
-    from .demo import run_demo
+    from .demo import DemoParams, run_demo
 
-    tree = run_demo(args.out, report=(lambda line: None) if args.quiet else print)
+    params = DemoParams(nuclei_threshold=args.nuclei_threshold, region=args.region)
+    tree = run_demo(
+        args.out,
+        params,
+        memory_budget=args.memory_budget,
+        progress=not args.quiet,
+        report=(lambda line: None) if args.quiet else print,
+    )
     print()
     cmd_ls(argparse.Namespace(root=tree.url, depth=None, json=False))
     view = args.view if args.view is not None else bool(os.environ.get("DISPLAY"))
@@ -198,6 +206,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("demo", cmd_demo, "run the demo pipeline on the shipped sample data")
     p.add_argument("--out", default="cachetree-demo", help="cache tree root (default: %(default)s)")
+    p.add_argument(
+        "--memory-budget",
+        default="1MiB",
+        help="memory for the model canvas, e.g. 1MiB, 64MB, 5%% (default: %(default)s: it spills)",
+    )
+    p.add_argument(
+        "--nuclei-threshold",
+        type=float,
+        default=DemoParams.nuclei_threshold,
+        help="hematoxylin probability of a nucleus pixel (default: %(default)s)",
+    )
+    p.add_argument(
+        "--region",
+        type=int,
+        default=DemoParams.region,
+        help="side of the density heatmap regions in pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+    )
     p.add_argument(
         "--view",
         action=argparse.BooleanOptionalAction,

@@ -1,12 +1,17 @@
 """The demo pipeline: a histology image analysed step by step, every step a cache node.
 
-Run it with ``cachetree demo`` (or :func:`run_demo`). It is written against the public API
-only, so it doubles as an example of how a pipeline uses cachetree:
+Run it with ``cachetree demo`` (or :func:`run_demo`). It uses the public API only, so it
+doubles as an example of a pipeline built on cachetree:
 
-1. ``input``      the sample image saved as an OME-Zarr (channels first);
-2. ``stains``     colour deconvolution into hematoxylin and DAB optical densities;
-3. ``nuclei``     hematoxylin thresholded and labelled (an OME-Zarr labels image);
-4. ``density``    nuclei per region as a heatmap, with a log, JSON metrics and a plot.
+1. ``input``    the sample image saved as an OME-Zarr (channels first);
+2. ``model``    a small patch "model" with two heads (stain probabilities for hematoxylin,
+   eosin and DAB, and a foreground probability) run over overlapping patches and merged by a
+   :class:`~cachetree.canvas.Canvas` whose accumulators do not fit the memory budget, so it
+   spills to disk while it runs;
+3. ``nuclei``   nuclei labelled from the merged hematoxylin probability (OME-Zarr labels);
+4. ``density``  nuclei per region: two independent worker processes each count part of the
+   image and write a part into the child node ``density/counts``, a combine step joins them;
+   the heatmap is saved with a log, JSON metrics and a plot.
 
 Running it again reuses every committed node; changing a parameter recomputes only the
 nodes that depend on it.
@@ -14,30 +19,44 @@ nodes that depend on it.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from .canvas import Canvas
+from .cdir import cdir_query
+from .combine import add_part, combine, set_combiner
 from .tree import CacheTree
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
 """Folder of the shipped sample data (``ihc.npz``)."""
 
-# Stain vectors (optical density per RGB channel) of hematoxylin, eosin and DAB.
-_HED_FROM_RGB = np.linalg.inv(
-    np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float64)
-)
+# Optical density of pure hematoxylin, eosin and DAB in red, green and blue.
+_STAIN_OD = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_RGB_TO_STAINS = np.linalg.inv(_STAIN_OD)
+
+Progress = bool | Callable[..., Any]
+"""``False`` (no bars), ``True`` (tqdm) or a tqdm-compatible class such as napari's
+``progress``."""
 
 
 @dataclass(frozen=True)
 class DemoParams:
     """Parameters of the demo pipeline; change one to see which nodes are recomputed."""
 
-    nuclei_threshold: float = 0.25
-    """Hematoxylin optical density above which a pixel belongs to a nucleus."""
+    patch: int = 128
+    """Edge of the square patches the model sees."""
+    stride: int = 96
+    """Step between patches (smaller than ``patch``: patches overlap)."""
+    nuclei_threshold: float = 0.5
+    """Hematoxylin probability above which a foreground pixel belongs to a nucleus."""
     min_nucleus_pixels: int = 20
     """Smaller connected components are dropped."""
     region: int = 64
@@ -50,41 +69,87 @@ def load_sample_image() -> np.ndarray:
         return archive["image"]
 
 
-def separate_stains(rgb: np.ndarray) -> np.ndarray:
-    """Hematoxylin, eosin and DAB optical densities, ``(3, y, x)`` float32."""
-    od = -np.log10(np.maximum(rgb.astype(np.float64), 1.0) / 255.0)
-    return np.clip(np.einsum("yxc,cs->syx", od, _HED_FROM_RGB), 0, None).astype(np.float32)
+def patch_model(rgb_patches: np.ndarray) -> dict[str, np.ndarray]:
+    """A stand-in for a trained network: two heads computed from colour alone.
+
+    Parameters
+    ----------
+    rgb_patches
+        ``(N, h, w, 3)`` uint8 patches.
+
+    Returns
+    -------
+    dict
+        ``"stains"``: ``(N, h, w, 3)`` probabilities of hematoxylin, eosin and DAB (softmax
+        of the optical densities); ``"foreground"``: ``(N, h, w, 1)`` tissue probability.
+    """
+    od = -np.log10(np.maximum(rgb_patches.astype(np.float32), 1.0) / 255.0)
+    stains = np.clip(od @ _RGB_TO_STAINS.astype(np.float32), 0, None)
+    logits = 12.0 * stains
+    logits -= logits.max(axis=-1, keepdims=True)
+    probabilities = np.exp(logits)
+    probabilities /= probabilities.sum(axis=-1, keepdims=True)
+    foreground = 1.0 / (1.0 + np.exp(-25.0 * (od.sum(axis=-1, keepdims=True) - 0.25)))
+    return {"stains": probabilities, "foreground": foreground.astype(np.float32)}
 
 
-def label_nuclei(hematoxylin: np.ndarray, threshold: float, min_pixels: int) -> np.ndarray:
-    """Connected components of ``hematoxylin > threshold`` larger than ``min_pixels``."""
+def patch_boxes(shape: tuple[int, int], patch: int, stride: int) -> np.ndarray:
+    """Row-major ``[x0, y0, x1, y1]`` boxes covering ``shape`` (the last ones overhang)."""
+    ys = range(0, max(shape[0] - patch, 0) + stride, stride)
+    xs = range(0, max(shape[1] - patch, 0) + stride, stride)
+    return np.array([[x, y, x + patch, y + patch] for y in ys for x in xs], dtype=np.int64)
+
+
+def _batches(
+    rgb: np.ndarray, boxes: np.ndarray, size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    patch = int(boxes[0, 2] - boxes[0, 0])
+    padded = np.pad(rgb, ((0, patch), (0, patch), (0, 0)), constant_values=255)
+    for start in range(0, len(boxes), size):
+        chunk = boxes[start : start + size]
+        yield np.stack([padded[y0 : y0 + patch, x0 : x0 + patch] for x0, y0, _, _ in chunk]), chunk
+
+
+def label_nuclei(
+    hematoxylin: np.ndarray, foreground: np.ndarray, threshold: float, min_pixels: int
+) -> np.ndarray:
+    """Connected components of nucleus pixels larger than ``min_pixels``."""
     from scipy import ndimage
 
-    labels, _ = ndimage.label(hematoxylin > threshold)
+    labels, _ = ndimage.label((hematoxylin > threshold) & (foreground > 0.5))
     sizes = np.bincount(labels.ravel())
     labels[sizes[labels] < min_pixels] = 0
     _, relabelled = np.unique(labels, return_inverse=True)
     return relabelled.reshape(labels.shape).astype(np.uint32)
 
 
-def nuclei_density(labels: np.ndarray, region: int) -> np.ndarray:
-    """Number of nucleus centroids in each ``region`` x ``region`` block."""
+def count_nuclei(labels: np.ndarray, region: int, rows: tuple[int, int]) -> np.ndarray:
+    """Nucleus centroids per ``region`` x ``region`` block, for the block rows ``rows``."""
     ids = labels.ravel()
-    ys, xs = np.divmod(np.arange(ids.size), labels.shape[1])
     keep = ids > 0
-    count = np.bincount(ids[keep])
-    cy = np.bincount(ids[keep], weights=ys[keep])[1:] / count[1:]
-    cx = np.bincount(ids[keep], weights=xs[keep])[1:] / count[1:]
-    grid = np.zeros((-(-labels.shape[0] // region), -(-labels.shape[1] // region)), np.uint16)
-    np.add.at(grid, ((cy // region).astype(int), (cx // region).astype(int)), 1)
+    ys, xs = np.divmod(np.nonzero(keep)[0], labels.shape[1])
+    ids = ids[keep]
+    count = np.bincount(ids)
+    present = count > 0
+    cy = (np.bincount(ids, weights=ys)[present] / count[present]) // region
+    cx = (np.bincount(ids, weights=xs)[present] / count[present]) // region
+    grid = np.zeros((rows[1] - rows[0], -(-labels.shape[1] // region)), np.uint16)
+    mine = (cy >= rows[0]) & (cy < rows[1])
+    np.add.at(grid, ((cy[mine] - rows[0]).astype(int), cx[mine].astype(int)), 1)
     return grid
 
 
-def density_figure(density: np.ndarray, region: int):
-    """A matplotlib figure of the heatmap."""
-    import matplotlib
+def density_worker(node_url: str, nuclei_url: str, region: int, rows: tuple[int, int]) -> str:
+    """Run in a separate process: count the nuclei of some block rows and write a part."""
+    labels = cdir_query(nuclei_url).node.open_image("nuclei")[0].compute()
+    part = add_part(
+        node_url, "density", {"data": count_nuclei(labels, region, rows)}, order=rows[0]
+    )
+    return part.name
 
-    matplotlib.use("Agg", force=False)
+
+def density_figure(density: np.ndarray, region: int) -> Any:
+    """A matplotlib figure of the heatmap."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(4, 3.4), layout="constrained")
@@ -95,10 +160,20 @@ def density_figure(density: np.ndarray, region: int):
     return fig
 
 
+def _bar_class(progress: Progress) -> Callable[..., Any]:
+    if progress is True:
+        return tqdm
+    if progress is False:
+        return lambda iterable=None, **kwargs: tqdm(iterable, disable=True, **kwargs)
+    return progress
+
+
 def run_demo(
     out: str | os.PathLike[str],
     params: DemoParams | None = None,
     *,
+    memory_budget: int | str = "1MiB",
+    progress: Progress = False,
     report: Callable[[str], None] = print,
 ) -> CacheTree:
     """Run (or resume) the demo pipeline into the cache tree at ``out``.
@@ -109,10 +184,15 @@ def run_demo(
         Root of the cache tree (local path or fsspec URL).
     params
         Pipeline parameters; defaults to :class:`DemoParams`.
+    memory_budget
+        Memory for the model canvas's accumulators (``"1MiB"`` makes it spill).
+    progress
+        Progress bars: ``True`` for tqdm, or a tqdm-like class (napari's ``progress``).
     report
         Called with one line per step saying whether it was computed or reused.
     """
     params = params or DemoParams()
+    bar = _bar_class(progress)
     tree = CacheTree(out)
     rgb = load_sample_image()
 
@@ -123,32 +203,70 @@ def run_demo(
             )
         report(f"input:   {node.open_mode.value}")
 
-    with tree.node("stains", depends_on=[tree.node("input")]) as node:
+    model_params = {"patch": params.patch, "stride": params.stride, "weights": "gaussian"}
+    with tree.node("model", params=model_params, depends_on=[tree.node("input")]) as node:
         if node.writing:
-            node.save_image(
-                "hed",
-                separate_stains(rgb),
-                axes="cyx",
-                channel_names=["hematoxylin", "eosin", "DAB"],
+            boxes = patch_boxes(rgb.shape[:2], params.patch, params.stride)
+            canvas = Canvas(
+                node,
+                rgb.shape[:2],
+                {"stains": 3, "foreground": 1},
+                weights="gaussian",
+                memory_budget=memory_budget,
+                order="row-major",
+                tile=128,
+                channel_names={"stains": ["hematoxylin", "eosin", "DAB"]},
             )
-            node.log("colour deconvolution with the Ruifrok-Johnston H&E-DAB vectors")
-        report(f"stains:  {node.open_mode.value}")
-        hematoxylin = node.open_image("hed")[0][0].compute()
+            for patches, batch in bar(
+                _batches(rgb, boxes, 8),
+                total=-(-len(boxes) // 8),
+                desc="model patches",
+                unit="batch",
+            ):
+                canvas.add(patch_model(patches), batch)
+            spilled = canvas.stats["spilled_bytes"]
+            canvas.finalize(commit=False)
+            node.log(
+                f"{len(boxes)} patches of {params.patch} px at stride {params.stride}; "
+                f"{spilled / 2**20:.1f} MiB of accumulators spilled under a "
+                f"{memory_budget} budget"
+            )
+        report(f"model:   {node.open_mode.value}")
+        hematoxylin = node.open_image("stains")[0][0].compute()
+        foreground = node.open_image("foreground")[0].compute()
 
     nuclei_params = {"threshold": params.nuclei_threshold, "min_pixels": params.min_nucleus_pixels}
-    with tree.node("nuclei", params=nuclei_params, depends_on=[tree.node("stains")]) as node:
+    with tree.node("nuclei", params=nuclei_params, depends_on=[tree.node("model")]) as node:
         if node.writing:
-            labels = label_nuclei(hematoxylin, params.nuclei_threshold, params.min_nucleus_pixels)
+            labels = label_nuclei(
+                hematoxylin, foreground, params.nuclei_threshold, params.min_nucleus_pixels
+            )
             node.save_labels("nuclei", labels)
-            node.log(f"{labels.max()} nuclei above OD {params.nuclei_threshold}")
+            node.log(
+                f"{labels.max()} nuclei with hematoxylin probability > {params.nuclei_threshold}"
+            )
         report(f"nuclei:  {node.open_mode.value}")
-        labels = node.open_image("nuclei")[0].compute()
 
     with tree.node(
         "density", params={"region": params.region}, depends_on=[tree.node("nuclei")]
     ) as node:
         if node.writing:
-            density = nuclei_density(labels, params.region)
+            counts = node.child("counts").open()
+            set_combiner(counts, "concatenate")
+            block_rows = -(-rgb.shape[0] // params.region)
+            halves = [(0, block_rows // 2), (block_rows // 2, block_rows)]
+            spawn = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(len(halves), mp_context=spawn) as pool:
+                jobs = [
+                    pool.submit(
+                        density_worker, counts.url, tree.node("nuclei").url, params.region, rows
+                    )
+                    for rows in halves
+                ]
+                parts = [job.result() for job in bar(jobs, desc="density workers", unit="part")]
+            node.log(f"parts {parts} written by {len(halves)} worker processes")
+            combine(counts, progress=progress is not False)
+            density = counts.keyed()["density"]
             node.save_image(
                 "density",
                 density,
@@ -158,7 +276,7 @@ def run_demo(
             node.save_json(
                 "metrics",
                 {
-                    "nuclei": int(labels.max()),
+                    "nuclei": int(density.sum()),
                     "params": asdict(params),
                     "max_per_region": int(density.max()),
                     "mean_per_region": float(density.mean()),
