@@ -18,7 +18,7 @@ def test_qt_binding_is_qt6_on_a_real_x_server(qapp):
 
 
 def test_viewer_opens_and_screenshots_an_image_layer(make_napari_viewer):
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)  # a hidden canvas renders black screenshots
     data = np.zeros((64, 48), dtype=np.float32)
     data[16:48, 12:36] = 1.0  # bright rectangle in the middle, dark border
     layer = viewer.add_image(data, contrast_limits=(0.0, 1.0), colormap="gray")
