@@ -30,14 +30,14 @@ def spilled_canvas(root: Path, rows_sent: int = 300) -> None:
     """A patch merger that spilled to disk and stopped before finishing (as after a crash).
 
     A stand-in "model" predicts two heads on 128 px patches at stride 96 of the demo image:
-    ``dab`` (one channel: DAB stain strength) and ``stains`` (hematoxylin and DAB). Only
+    ``dab`` (one channel: DAB probability) and ``stains`` (hematoxylin and DAB). Only
     the patches above ``rows_sent`` are sent; the memory budget forces spilling.
     """
     from cachetree import CacheTree
     from cachetree.canvas import Canvas, HeadSpec
 
     tree = CacheTree(root)
-    hed = tree.node("stains").open_image("hed")[0].compute()  # (3, 512, 512) optical densities
+    hed = tree.node("model").open_image("stains")[0].compute()  # (3, 512, 512): H, E, DAB
     node = tree.node("predict", params={"model": "dab-v1", "patch": 128}).open()
     canvas = Canvas(
         node,
@@ -50,7 +50,7 @@ def spilled_canvas(root: Path, rows_sent: int = 300) -> None:
     for y in range(0, rows_sent - 127, 96):
         boxes = np.array([[x, y, x + 128, y + 128] for x in range(0, 512 - 127, 96)])
         patches = np.stack([hed[:, y : y + 128, x : x + 128] for x, y, _, _ in boxes])
-        dab = np.clip(patches[:, 2] / 0.5, 0, 1)[..., None]  # (N, 128, 128, 1)
+        dab = patches[:, 2, :, :, None]  # (N, 128, 128, 1): DAB probability
         stains = np.moveaxis(patches[:, [0, 2]], 1, -1)  # (N, 128, 128, 2)
         canvas.add({"dab": dab, "stains": stains}, boxes)
     canvas.checkpoint()  # everything merged so far is on disk now
