@@ -8,6 +8,7 @@
 # Knobs:  PYTHON=python3.11            interpreter used to create .venv
 #         CACHETREE_SKIP_SYSTEM_DEPS=1 do not check/install Debian packages
 #         CACHETREE_FORCE_INSTALL=1    re-run pip install even if the stamp is fresh
+#         CACHETREE_SKIP_TORCH=1       do not install PyTorch (the .pt writer tests then skip)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -117,6 +118,11 @@ pip_install() {
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
     run_logged pip-upgrade "$VENV/bin/python" -m pip install -q --upgrade pip
     run_logged pip-install "$VENV/bin/python" -m pip install -q -e ".[all]"
+    # PyTorch (optional for users) lets the tests cover the writer's .pt format. Pinned to the
+    # CPU build 2.13.0: an unpinned torch pulls several GB of GPU wheels.
+    if [[ "${CACHETREE_SKIP_TORCH:-0}" != 1 ]]; then
+        run_logged pip-torch "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    fi
     touch "$STAMP"
     say "pip install done in $((SECONDS - t0))s"
 }
