@@ -40,10 +40,12 @@ def demo_tree() -> list[LayerData]:
     The layers remember the tree's root, so the Cache tree browser opened afterwards shows
     this tree right away.
     """
+    from napari.utils import progress
+
     from cachetree.demo import run_demo
 
     root = demo_dir()
-    run_demo(root, report=log.info)
+    run_demo(root, progress=progress, report=log.info)
     opened = open_location(Location.from_url(root))
     for problem in opened.problems:
         warnings.warn(f"cachetree demo: cannot show {problem}", stacklevel=2)
