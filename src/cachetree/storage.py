@@ -15,8 +15,8 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -206,12 +206,12 @@ class Location:
     # -- writing ----------------------------------------------------------------------
     def makedirs(self) -> None:
         """Create this directory and its parents (a no-op on object stores)."""
-        with _storage_errors(self):
+        with storage_errors(self):
             self.fs.makedirs(self.path, exist_ok=True)
 
     def write_bytes(self, data: bytes) -> None:
         """Write ``data`` so the file appears complete or not at all."""
-        with _storage_errors(self):
+        with storage_errors(self):
             if self.is_local:
                 atomic_write_local(self.path, data)
             else:
@@ -244,18 +244,25 @@ class Location:
 
     def remove(self) -> None:
         """Delete this file or directory tree; missing is fine."""
-        with _storage_errors(self), contextlib.suppress(FileNotFoundError):
+        with storage_errors(self), contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path, recursive=True)
 
 
-def atomic_write_local(path: str, data: bytes | memoryview) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, then rename it into place."""
+def atomic_write_local(path: str, data: bytes | memoryview | Callable[[BinaryIO], None]) -> None:
+    """Write to a temp file beside ``path``, fsync it, then rename it into place.
+
+    ``data`` is the bytes to write, or a function that writes them to an open binary file.
+    The temp file is removed if anything fails.
+    """
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = temp_name(path)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
+        with open(tmp, "xb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -287,7 +294,7 @@ def fsync_dir(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def _storage_errors(loc: Location) -> Iterator[None]:
+def storage_errors(loc: Location) -> Iterator[None]:
     """Turn low-level OS errors into :class:`StorageError` naming the location."""
     try:
         yield

@@ -53,7 +53,15 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .errors import FinalizedError, InvalidDataError, InvalidNameError
-from .storage import Location, _storage_errors, fsync_dir, split_node_path, temp_name, validate_name
+from .storage import (
+    Location,
+    atomic_write_local,
+    fsync_dir,
+    split_node_path,
+    storage_errors,
+    temp_name,
+    validate_name,
+)
 
 __all__ = ["AsyncWriter", "DictMode", "SaveFormat"]
 
@@ -533,22 +541,8 @@ class AsyncWriter:
     @staticmethod
     def _write_local_atomic(target: Location, serialise: Callable[[BinaryIO], None]) -> None:
         """Serialise into a temp file beside ``target``, fsync, rename over it, fsync the dir."""
-        final = target.path
-        directory = os.path.dirname(final)
-        with _storage_errors(target):
-            os.makedirs(directory, exist_ok=True)
-            tmp = temp_name(final)
-            try:
-                with open(tmp, "xb") as fh:
-                    serialise(fh)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, final)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-            fsync_dir(directory)
+        with storage_errors(target):
+            atomic_write_local(target.path, serialise)
 
     @staticmethod
     def _fill_zarr(store: Any, payload: Leaf | _Container) -> None:
@@ -565,14 +559,14 @@ class AsyncWriter:
         if not target.is_local:
             # Object stores have no directory rename: write in place (chunks, then metadata
             # objects are each a single put, but the store as a whole is not atomic).
-            with _storage_errors(target):
+            with storage_errors(target):
                 self._fill_zarr(target.zarr_store(), payload)
             return
         from zarr.storage import LocalStore
 
         final = target.path
         parent = os.path.dirname(final)
-        with _storage_errors(target):
+        with storage_errors(target):
             os.makedirs(parent, exist_ok=True)
             if os.path.lexists(final) and not os.path.isdir(final):
                 raise FileExistsError(
