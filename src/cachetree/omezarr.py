@@ -136,35 +136,35 @@ def write_image(
     """
     loc = Location.from_url(location)
     source = _as_dask(data)
-    axes_t = _check_axes(axes, source.ndim, labels)
-    _check_dtype(source.dtype, labels)
+    axes_t = check_axes(axes, source.ndim, labels)
+    check_dtype(source.dtype, labels)
     base_scale = _per_axis(scale, axes_t, 1.0, "scale")
     if any(not 0 < s < math.inf for s in base_scale):
         raise InvalidDataError(f"scale {base_scale} must be positive and finite on every axis")
     base_translation = _per_axis(translation, axes_t, 0.0, "translation")
-    names = _check_channel_names(channel_names, axes_t, source.shape)
-    extra = _check_extra_attrs(extra_attrs)
+    names = check_channel_names(channel_names, axes_t, source.shape)
+    extra = check_extra_attrs(extra_attrs)
     if min_size < 1 or (max_levels is not None and max_levels < 1):
         raise InvalidDataError(
             f"min_size ({min_size}) and max_levels ({max_levels}) must be at least 1"
         )
 
-    shapes = _level_shapes(source.shape, min_size, max_levels)
+    shapes = level_shapes(source.shape, min_size, max_levels)
     level_chunks = [_chunk_shape(shape, axes_t, chunks) for shape in shapes]
-    name = name or _default_name(loc)
+    name = name or default_name(loc)
     target = Location(loc.fs, temp_name(loc.path)) if loc.is_local else loc
     try:
         group = zarr.open_group(target.zarr_store(), mode="w", zarr_format=2)
         low, high = _write_pyramid(group, source, shapes, level_chunks, axes_t, labels, progress)
         attrs: dict[str, Any] = {
-            "multiscales": _multiscales(
+            "multiscales": multiscales_metadata(
                 name, axes_t, len(shapes), base_scale, base_translation, labels
             )
         }
         if labels:
             attrs["image-label"] = {"version": NGFF_VERSION}
         else:
-            attrs["omero"] = _omero(name, axes_t, source.shape, low, high, names)
+            attrs["omero"] = omero_metadata(name, axes_t, source.shape, low, high, names)
         group.attrs.update({**extra, **attrs})
     except BaseException:
         if loc.is_local:
@@ -218,7 +218,7 @@ def read_image(location: Location | str) -> ImageInfo:
         labels="image-label" in attrs,
         channel_names=channel_names,
         url=loc.url,
-        name=multiscale.get("name") or _default_name(loc),
+        name=multiscale.get("name") or default_name(loc),
     )
 
 
@@ -271,7 +271,7 @@ def _as_dask(data: Any) -> da.Array:
     return data
 
 
-def _check_axes(axes: str | Sequence[str] | None, ndim: int, labels: bool) -> tuple[str, ...]:
+def check_axes(axes: str | Sequence[str] | None, ndim: int, labels: bool) -> tuple[str, ...]:
     """Validated axis names for ``ndim``-D data (defaults filled in)."""
     if axes is None:
         defaults = _DEFAULT_LABEL_AXES if labels else _DEFAULT_AXES
@@ -310,7 +310,7 @@ def _check_axes(axes: str | Sequence[str] | None, ndim: int, labels: bool) -> tu
     return names
 
 
-def _check_dtype(dtype: np.dtype, labels: bool) -> None:
+def check_dtype(dtype: np.dtype, labels: bool) -> None:
     """Labels need integers; images need booleans, integers or floats."""
     if labels and not np.issubdtype(dtype, np.integer):
         raise DTypeMismatchError(
@@ -349,7 +349,7 @@ def _per_axis(
     return tuple(given)
 
 
-def _check_channel_names(
+def check_channel_names(
     channel_names: Sequence[str] | None, axes: tuple[str, ...], shape: tuple[int, ...]
 ) -> list[str] | None:
     """``channel_names`` as strings, checked against the ``c`` axis."""
@@ -367,7 +367,7 @@ def _check_channel_names(
     return [str(n) for n in channel_names]
 
 
-def _check_extra_attrs(extra_attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+def check_extra_attrs(extra_attrs: Mapping[str, Any] | None) -> dict[str, Any]:
     """``extra_attrs`` as a JSON-serialisable dict that leaves the OME keys alone."""
     extra = dict(extra_attrs or {})
     clash = [k for k in _RESERVED_ATTRS if k in extra]
@@ -381,7 +381,7 @@ def _check_extra_attrs(extra_attrs: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 # -- pyramid -------------------------------------------------------------------------------
-def _level_shapes(
+def level_shapes(
     shape: tuple[int, ...], min_size: int, max_levels: int | None
 ) -> list[tuple[int, ...]]:
     """Shapes of all levels: y and x halved (rounding up) until small enough."""
@@ -547,7 +547,7 @@ def _pick_2x2(block: np.ndarray) -> np.ndarray:
 
 
 # -- metadata ------------------------------------------------------------------------------
-def _multiscales(
+def multiscales_metadata(
     name: str,
     axes: tuple[str, ...],
     n_levels: int,
@@ -577,7 +577,7 @@ def _multiscales(
     ]
 
 
-def _omero(
+def omero_metadata(
     name: str,
     axes: tuple[str, ...],
     shape: tuple[int, ...],
@@ -617,7 +617,7 @@ def _window(low: np.generic, high: np.generic) -> dict[str, float]:
     return {"min": lo, "max": hi, "start": lo, "end": hi if hi > lo else lo + 1}
 
 
-def _default_name(loc: Location) -> str:
+def default_name(loc: Location) -> str:
     """The location's last segment without ``.zarr`` / ``.ome.zarr``."""
     return loc.name.removesuffix(".zarr").removesuffix(".ome") or loc.name
 

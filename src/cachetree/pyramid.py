@@ -124,15 +124,15 @@ class ImageWriter:
             raise ShapeMismatchError(
                 f"image shape {shape_t} must have 2 to 5 axes, each at least 1 long"
             )
-        axes_t = omezarr._check_axes(axes, len(shape_t), False)
-        omezarr._check_dtype(dtype, False)
+        axes_t = omezarr.check_axes(axes, len(shape_t), False)
+        omezarr.check_dtype(dtype, False)
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise InvalidDataError(f"chunk must be a positive integer, got {chunk!r}")
         if min_size < 1 or (max_levels is not None and max_levels < 1):
             raise InvalidDataError(
                 f"min_size ({min_size}) and max_levels ({max_levels}) must be at least 1"
             )
-        shapes = omezarr._level_shapes(shape_t, min_size, max_levels)
+        shapes = omezarr.level_shapes(shape_t, min_size, max_levels)
         compressor = compressor or default_compressor(dtype)
         loc.remove()
         group = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=2)
@@ -198,8 +198,8 @@ class ImageWriter:
         dtype = np.dtype(meta["dtype"])
         fill = meta.get("fill_value", 0)
         fill_value = float(fill) if isinstance(fill, str) else fill  # "NaN", "Infinity"
-        axes_t = omezarr._check_axes(axes, len(shape), False)
-        shapes = omezarr._level_shapes(shape, min_size, max_levels)
+        axes_t = omezarr.check_axes(axes, len(shape), False)
+        shapes = omezarr.level_shapes(shape, min_size, max_levels)
         blosc = (
             Blosc(**{k: v for k, v in compressor.items() if k != "id"})
             if compressor
@@ -393,15 +393,15 @@ class ImageWriter:
         extra_attrs
             More group attributes.
         """
-        names = omezarr._check_channel_names(channel_names, self.axes, self.shape)
-        extra = omezarr._check_extra_attrs(extra_attrs)
-        name = name or omezarr._default_name(self.location)
+        names = omezarr.check_channel_names(channel_names, self.axes, self.shape)
+        extra = omezarr.check_extra_attrs(extra_attrs)
+        name = name or omezarr.default_name(self.location)
         ndim = len(self.axes)
         attrs: dict[str, Any] = {
-            "multiscales": omezarr._multiscales(
+            "multiscales": omezarr.multiscales_metadata(
                 name, self.axes, len(self.shapes), (1.0,) * ndim, (0.0,) * ndim, False
             ),
-            "omero": omezarr._omero(
+            "omero": omezarr.omero_metadata(
                 name,
                 self.axes,
                 self.shape,
