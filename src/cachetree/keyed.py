@@ -252,7 +252,8 @@ class KeyedStore(Mapping):
     name
         Store name; the directory is ``<name>.keyed`` in the node.
     rel_tol, abs_tol
-        Tolerance for float key components (see :class:`KeyIndex`).
+        Tolerance for float key components, as in :func:`math.isclose`; integer
+        components always compare exactly.
     mmap
         Memory-map local files instead of reading them (pages load on access).
     max_inflight

@@ -62,9 +62,10 @@ def _suffixed(name: str, suffix: str) -> str:
 class Node:
     """One step's results: a directory holding items and child nodes, plus a manifest.
 
-    Use :meth:`CacheTree.node` (or :func:`cachetree.cdir_init`) rather than building one
-    directly. As a context manager the node is opened on entry and committed on a clean
-    exit; an exception leaves it uncommitted (and the exception propagates).
+    Use :meth:`CacheTree.node <cachetree.tree.CacheTree.node>` (or
+    :func:`~cachetree.cdir.cdir_init`) rather than building one directly. As a context
+    manager the node is opened on entry and committed on a clean exit; an exception leaves
+    it uncommitted (and the exception propagates).
 
     Parameters
     ----------
@@ -79,9 +80,20 @@ class Node:
         so recomputing an input makes this node stale.
     on_stale
         ``"recompute"`` (default) discards a stale node and reopens it; ``"raise"`` raises
-        :class:`StaleNodeError`.
+        :class:`~cachetree.errors.StaleNodeError`.
     kind
         What the node holds, recorded in the manifest (``"node"``, ``"canvas"``, ...).
+
+    Attributes
+    ----------
+    location
+        The node directory (a :class:`~cachetree.storage.Location`).
+    root
+        The tree's root directory (the node's own location when it stands alone).
+    open_mode
+        What :meth:`open` did (an :class:`OpenMode`), or None before the node is opened.
+    stale_reason
+        Why a committed node was found stale (or corrupt) and recomputed, else None.
     """
 
     def __init__(
@@ -579,7 +591,7 @@ class Node:
         return self._find(name, ("", ".png", ".svg")).read_bytes()
 
     def require_committed(self) -> Manifest:
-        """The manifest, or :class:`NotCommittedError` when the node is not committed."""
+        """The manifest; raises :class:`~cachetree.errors.NotCommittedError` if not committed."""
         manifest = self.manifest
         if manifest.status is not Status.COMMITTED:
             raise NotCommittedError(f"node {self.url} is not committed yet")

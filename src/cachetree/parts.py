@@ -111,8 +111,9 @@ def write_part(
     meta
         JSON-compatible metadata stored in the marker.
     writer
-        An :class:`AsyncWriter` rooted anywhere, whose pool writes the arrays; by default a
-        private one is used. Either way the marker is written only after every array is done.
+        An :class:`~cachetree.writer.AsyncWriter` rooted anywhere, whose pool writes the
+        arrays; by default a private one is used. Either way the marker is written only
+        after every array is done.
     """
     validate_name(name, what="part name")
     if not isinstance(arrays, Mapping) or not arrays:

@@ -295,7 +295,7 @@ def fsync_dir(directory: str) -> None:
 
 @contextlib.contextmanager
 def storage_errors(loc: Location) -> Iterator[None]:
-    """Turn low-level OS errors into :class:`StorageError` naming the location."""
+    """Turn low-level OS errors into :class:`~cachetree.errors.StorageError` naming the location."""
     try:
         yield
     except StorageError:
