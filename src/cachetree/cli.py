@@ -148,7 +148,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cachetree`` command."""
-    parser = argparse.ArgumentParser(prog="cachetree", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="cachetree",
+        description="List, inspect, commit, combine and clean cache trees; run the demo.",
+    )
     parser.add_argument("--version", action="version", version=f"cachetree {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", required=True)
