@@ -283,7 +283,6 @@ def test_memory_url_round_trip(capsys):
 
 # -- other readers ----------------------------------------------------------------------------
 def test_ome_zarr_py_reader(tmp_path):
-    pytest.importorskip("ome_zarr")
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
@@ -307,7 +306,7 @@ def test_ome_zarr_py_reader(tmp_path):
 
 
 def test_napari_ome_zarr_reader_image(tmp_path):
-    napari_ome_zarr = pytest.importorskip("napari_ome_zarr")
+    import napari_ome_zarr
     data = _rng_data((2, 40, 33), np.float32)
     path = tmp_path / "img.zarr"
     write_image(path, data, chunks=16, min_size=16, scale=(0.5, 0.5))
@@ -327,7 +326,7 @@ def test_napari_ome_zarr_reader_image(tmp_path):
 
 
 def test_napari_ome_zarr_reader_labels(tmp_path):
-    napari_ome_zarr = pytest.importorskip("napari_ome_zarr")
+    import napari_ome_zarr
     data = np.random.default_rng(3).integers(0, 9, (3, 40, 33)).astype(np.uint16)
     # the reader looks for a parent image two directories up: keep that inside tmp_path
     path = tmp_path / "image" / "labels" / "seg.zarr"
