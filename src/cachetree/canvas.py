@@ -29,6 +29,16 @@ node with unchanged parameters)::
     .cachetree-parts/canvas-checkpoint-00000009/   part (kind "canvas-checkpoint")
         stats/<head>.npy                       running (min, max) per channel
     <head>.ome.zarr, canvas.json               after finalize()
+
+Several processes can merge one canvas (see :mod:`cachetree.distributed`): each runs a
+*worker* canvas (``role="worker"``) that writes only spill parts, named with its own prefix,
+and never touches the node's lock, staging area or images; one canvas then *adopts* the
+spill parts that finished tasks list (``adopt=[...]``) and finalises them::
+
+    .cachetree-parts/canvas-plan/                  part (kind "canvas-plan"): spec, task ids
+    .cachetree-parts/task-<id>-<attempt>-00000002/ part (kind "canvas-spill") of one attempt
+    .cachetree-parts/canvas-task-<id>/             part (kind "canvas-task"): the spill parts
+                                                   of the task's successful attempt
 """
 
 from __future__ import annotations
@@ -63,7 +73,7 @@ from .errors import (
 )
 from .node import Node
 from .omezarr import ImageInfo, read_image
-from .parts import PartInfo, list_parts, parts_location, remove_part, write_part
+from .parts import PART_MARKER, PartInfo, list_parts, parts_location, remove_part, write_part
 from .pyramid import ImageWriter, PyramidAssembler, finite_range
 from .storage import Location, validate_name
 from .writer import AsyncWriter, SaveFormat
@@ -71,8 +81,10 @@ from .writer import AsyncWriter, SaveFormat
 __all__ = [
     "CANVAS_JSON",
     "CHECKPOINT_KIND",
+    "PLAN_KIND",
     "SPILL_KIND",
     "STAGING_KIND",
+    "TASK_KIND",
     "Canvas",
     "HeadSpec",
     "normalise_block",
@@ -84,6 +96,7 @@ log = logging.getLogger("cachetree")
 
 Order = Literal["row-major", "any"]
 NanPolicy = Literal["raise", "ignore"]
+Role = Literal["canvas", "worker"]
 
 SPILL_KIND = "canvas-spill"
 """Part kind of spilled accumulators."""
@@ -93,6 +106,10 @@ STAGING_KIND = "canvas-staging"
 """Part kind of the staging area: canvas spec and the level 0 written so far."""
 STAGING = "canvas-staging"
 """Name of the staging part."""
+TASK_KIND = "canvas-task"
+"""Part kind of a task marker: the spill parts one task's successful attempt wrote."""
+PLAN_KIND = "canvas-plan"
+"""Part kind of the plan of a canvas merged by several processes: its spec and task ids."""
 CANVAS_JSON = "canvas.json"
 """Item written by :meth:`Canvas.finalize`: the spec and which images are canvas heads."""
 PROGRESS = "progress.json"
@@ -291,6 +308,7 @@ class Canvas:
     ----------
     node
         Cache node open for writing (``node.writing``); results and spill data go there.
+        A worker canvas (``role="worker"``) also takes the node's location or URL.
     shape
         Canvas ``(height, width)`` in pixels.
     heads
@@ -327,20 +345,37 @@ class Canvas:
         Threads encoding and writing output chunks.
     progress
         Show progress bars in :meth:`finalize`.
+    role
+        ``"canvas"`` (default) merges and finalises. ``"worker"`` is one of several
+        processes merging the same canvas (see :mod:`cachetree.distributed`): ``node`` may
+        then be a node, a location or a URL and need not be open for writing (the process
+        that opened it holds its lock); the canvas only writes spill parts named
+        ``<part_prefix>-<seq>`` and :meth:`flush_parts` ends it. With
+        ``order="row-major"`` it spills rows no later patch can reach at once.
+    part_prefix
+        Name prefix of a worker canvas' spill parts, unique per worker attempt.
+    adopt
+        Spill parts written by worker canvases of the same spec (names, or
+        :class:`~cachetree.parts.PartInfo` as listed, which saves listing them again), in
+        the order their contributions are summed: :meth:`finalize` merges them in. They
+        are removed only after the node is committed.
 
     Raises
     ------
     FinalizedError
-        The node is not open for writing.
+        The node is not open for writing (role ``"canvas"``).
     InvalidDataError, ShapeMismatchError, DTypeMismatchError
         Malformed arguments.
     IncompatibleError
-        ``resume=True`` but the checkpoint was made with another spec.
+        ``resume=True`` but the checkpoint was made with another spec, or a part to adopt
+        was written with another spec.
+    KeyLookupError
+        A part to adopt is not in the node.
     """
 
     def __init__(
         self,
-        node: Node,
+        node: Node | Location | str,
         shape: tuple[int, int],
         heads: Mapping[str, HeadSpec | tuple[int, Any] | int],
         *,
@@ -356,16 +391,51 @@ class Canvas:
         min_size: int = 256,
         workers: int = 2,
         progress: bool = False,
+        role: Role = "canvas",
+        part_prefix: str | None = None,
+        adopt: Sequence[str | PartInfo] | None = None,
     ):
-        if not isinstance(node, Node):
-            raise InvalidDataError(f"node must be a cachetree Node, got {type(node).__name__}")
-        if not node.writing:
-            raise FinalizedError(
-                f"node {node.url} is not open for writing (committed, or never opened): open "
-                "it first, e.g. `with tree.node(path, params=...) as node:`, and only build a "
-                "canvas when the node is not committed yet"
-            )
-        self.node = node
+        if role not in ("canvas", "worker"):
+            raise InvalidDataError(f"role must be 'canvas' or 'worker', not {role!r}")
+        self.role: Role = role
+        loc: Location
+        if role == "worker":
+            if resume or adopt is not None or checkpoint_every is not None:
+                raise InvalidDataError(
+                    "a worker canvas only writes spill parts: resume, adopt and "
+                    "checkpoint_every are for role='canvas'"
+                )
+            if part_prefix is None:
+                raise InvalidDataError(
+                    "a worker canvas needs part_prefix, unique per worker attempt "
+                    "(e.g. 'task-0007-3f9a2c1b')"
+                )
+            validate_name(part_prefix, what="part prefix")
+            if isinstance(node, Node):
+                loc = node.location
+            elif isinstance(node, Location | str | os.PathLike):
+                loc = Location.from_url(node)
+            else:
+                raise InvalidDataError(
+                    f"node must be a Node, a Location or a URL, got {type(node).__name__}"
+                )
+            self.node: Node | None = None
+        else:
+            if part_prefix is not None:
+                raise InvalidDataError("part_prefix is only for role='worker' canvases")
+            if not isinstance(node, Node):
+                raise InvalidDataError(f"node must be a cachetree Node, got {type(node).__name__}")
+            if not node.writing:
+                raise FinalizedError(
+                    f"node {node.url} is not open for writing (committed, or never opened): "
+                    "open it first, e.g. `with tree.node(path, params=...) as node:`, and only "
+                    "build a canvas when the node is not committed yet"
+                )
+            if adopt is not None and resume:
+                raise InvalidDataError("adopt and resume cannot be combined")
+            loc = node.location
+            self.node = node
+        self._spill_prefix = part_prefix or SPILL_KIND
         self.shape = _check_shape(shape)
         if not isinstance(heads, Mapping) or not heads:
             raise InvalidDataError("heads must be a non-empty mapping of head name to spec")
@@ -424,7 +494,7 @@ class Canvas:
         self._tile_bytes = T * T * 4 + sum(
             T * T * s.channels * s.acc_dtype.itemsize for s in self.heads.values()
         )
-        self._loc = node.location
+        self._loc = loc
         self._parts_root = parts_location(self._loc)
         self._staging = self._parts_root.raw_child(STAGING)
         self.spec = self._make_spec()
@@ -472,8 +542,12 @@ class Canvas:
         self._inflight: deque[tuple[Any, str, list[_Buffers]]] = deque()
         self._inflight_free = 0
         try:
-            resumed = resume and self._resume()
-            if not resumed:
+            if role == "worker":
+                pass  # nothing is written before the first spill
+            elif adopt is not None:
+                self._adopt(adopt)
+                self._start_fresh(keep_spills=True)
+            elif not (resume and self._resume()):
                 self._start_fresh()
         except BaseException:
             self._shutdown()
@@ -581,7 +655,10 @@ class Canvas:
             frontier = int(batch.clipped[:, 1].min())
             if frontier > self._frontier:
                 self._frontier = frontier
-                self._finalize_rows(min(frontier // self.tile, self.grid[0]))
+                if self.role == "worker":
+                    self._spill_rows(frontier // self.tile)
+                else:
+                    self._finalize_rows(min(frontier // self.tile, self.grid[0]))
         self._accumulate(batch)
         self._batches_done += 1
         self._collect()
@@ -916,7 +993,7 @@ class Canvas:
         if not arrays:
             return
         seq = self._take_seq()
-        name = f"{SPILL_KIND}-{seq:08d}"
+        name = f"{self._spill_prefix}-{seq:08d}"
         future = self._spill_exec.submit(
             write_part,
             self._loc,
@@ -934,6 +1011,12 @@ class Canvas:
         self._counters["spill_events"] += 1
         self._counters["spilled_tiles"] += len(tiles_meta)
         self._counters["spilled_bytes"] += sum(a.nbytes for a in arrays.values())
+
+    def _spill_rows(self, upto: int) -> None:
+        """Worker canvas: spill the tiles of rows above ``upto``, which no patch reaches now."""
+        done = [key for key in self._tiles if key[0] < upto]
+        if done:
+            self._spill(done)
 
     def _wait_oldest_spill(self) -> None:
         """Wait for the oldest background spill; its buffers join the pool."""
@@ -1133,6 +1216,7 @@ class Canvas:
             The caller's count of batches sent so far (default: the number of
             :meth:`add` calls, including those before a resume).
         """
+        self._check_role("checkpoint()")
         self._check_open()
         if batches_done is not None:
             if isinstance(batches_done, bool) or not isinstance(batches_done, int):
@@ -1175,6 +1259,41 @@ class Canvas:
         self._drain()
         log.debug("canvas checkpoint %s after %d batches", name, self._batches_done)
 
+    def flush_parts(self) -> list[str]:
+        """Worker canvas: spill every tile still in memory and end the canvas.
+
+        Every spill part is written and (locally) fsynced before this returns, so a marker
+        written next may refer to them.
+
+        Returns
+        -------
+        list[str]
+            Names of all spill parts this canvas wrote, in the order they were made.
+        """
+        if self.role != "worker":
+            raise InvalidDataError(
+                "flush_parts() ends a worker canvas (role='worker'); this canvas is finalised "
+                "with finalize()"
+            )
+        self._check_open()
+        try:
+            if self._tiles:
+                self._spill(list(self._tiles))
+            self._reap_spills(wait=True)
+            self._drain()
+            self._fsync_written()
+        finally:
+            self._shutdown()
+        self._finalized = True
+        return list(self._parts)
+
+    def _check_role(self, what: str) -> None:
+        if self.role == "worker":
+            raise InvalidDataError(
+                f"{what} is not available on a worker canvas: it writes spill parts only; "
+                "call flush_parts() and finalise them with a canvas that adopts them"
+            )
+
     def _fsync_written(self) -> None:
         """fsync output chunks and spill files written since the last checkpoint (local)."""
         with self._lock:
@@ -1215,10 +1334,19 @@ class Canvas:
             self._parts_root.raw_child(name).raw_child("part.json").remove()
             self._parts_root.raw_child(name).remove()
 
-    def _start_fresh(self) -> None:
-        leftovers = self._canvas_parts()
-        for info in leftovers:
-            remove_part(info)
+    def _start_fresh(self, *, keep_spills: bool = False) -> None:
+        if keep_spills:  # adopting spill parts: only an earlier staging and checkpoints go
+            _remove_part_dirs(
+                self._parts_root,
+                [
+                    n
+                    for n in self._parts_root.ls()
+                    if n == STAGING or n.startswith(f"{CHECKPOINT_KIND}-")
+                ],
+            )
+        else:
+            for info in self._canvas_parts():
+                remove_part(info)
         self._staging.remove()
         write_part(
             self._loc,
@@ -1241,6 +1369,38 @@ class Canvas:
         self._staging.raw_child(PROGRESS).write_text(
             json.dumps({"rows_final": 0, "tile": self.tile})
         )
+
+    def _adopt(self, parts: Sequence[str | PartInfo]) -> None:
+        """Take over spill parts of worker canvases: :meth:`finalize` sums them in."""
+        if isinstance(parts, str) or not isinstance(parts, Sequence):
+            raise InvalidDataError("adopt must be a sequence of spill part names")
+        by_name = {p.name: p for p in parts if isinstance(p, PartInfo)}
+        names = [p.name if isinstance(p, PartInfo) else str(p) for p in parts]
+        if len(by_name) < len(names):
+            self._loc.fs.invalidate_cache(self._parts_root.path)  # written by other processes
+            by_name = {p.name: p for p in list_parts(self._loc, kind=SPILL_KIND)}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise KeyLookupError(
+                f"{len(missing)} spill parts to adopt are not in {self._loc.url} (or not "
+                f"committed): {missing[:5]}"
+            )
+        mine = {k: v for k, v in self.spec.items() if k != "order"}  # any order sums alike
+        for name in dict.fromkeys(names):
+            info = by_name[name]
+            theirs = {k: v for k, v in info.meta.get("canvas", {}).items() if k != "order"}
+            differences = _spec_differences(theirs, mine)
+            if differences:
+                raise IncompatibleError(
+                    f"spill part {name} of {self._loc.url} was written by a canvas with "
+                    "another spec",
+                    [d.replace("checkpoint has", "the part has") for d in differences],
+                )
+            for ty, tx, y0, x0, y1, x1 in info.meta["tiles"]:
+                self._refs.setdefault((ty, tx), []).append(_SpillRef(name, y0, x0, y1, x1))
+            self._parts[name] = info
+            self._part_left[name] = len(info.meta["tiles"])
+        self._ckpt_parts = set(self._parts)  # kept until the node is committed
 
     def _resume(self) -> bool:
         """Restore the newest checkpoint; False when there is none to resume from."""
@@ -1336,7 +1496,9 @@ class Canvas:
         dict[str, ImageInfo]
             The written image of each head.
         """
+        self._check_role("finalize()")
         self._check_open()
+        assert self.node is not None
         self._finalize_rows(self.grid[0])
         self._reap_spills(wait=True)
         self._drain()
@@ -1372,8 +1534,7 @@ class Canvas:
         self._finalized = True
         if commit:
             self.node.commit()
-        for info in self._canvas_parts():
-            remove_part(info)
+        _remove_part_dirs(self._parts_root, [info.name for info in self._canvas_parts()])
         self._staging.remove()
         self._shutdown()
         return infos
@@ -1406,7 +1567,10 @@ class Canvas:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb):
         if exc_type is None and not self._finalized and not self._closed:
-            self.finalize()
+            if self.role == "worker":
+                self.flush_parts()
+            else:
+                self.finalize()
         else:
             try:
                 self.close()
@@ -1448,6 +1612,39 @@ class _SpillWriter(AsyncWriter):
         with self._lock:
             paths, self._unsynced = self._unsynced, []
         return paths
+
+
+def _remove_part_dirs(parts_root: Location, names: Sequence[str]) -> None:
+    """Delete the parts ``names`` of a parts directory: every marker first, then the rest.
+
+    A part stops counting as soon as its marker is gone. On object stores the files are
+    found with one listing and deleted in bulk (a handful of requests for any number of
+    parts, instead of several per part).
+    """
+    wanted = set(names)
+    if not wanted:
+        return
+    if parts_root.is_local:
+        for name in sorted(wanted):
+            parts_root.raw_child(name).raw_child(PART_MARKER).remove()
+        for name in sorted(wanted):
+            parts_root.raw_child(name).remove()
+        return
+    fs = parts_root.fs
+    fs.invalidate_cache(parts_root.path)
+    try:
+        found = fs.find(parts_root.path)
+    except FileNotFoundError:
+        return
+    prefix = parts_root.path.rstrip("/") + "/"
+    files = [f for f in found if f.startswith(prefix)]
+    chosen = [f for f in files if f[len(prefix) :].split("/", 1)[0] in wanted]
+    markers = [f for f in chosen if f[len(prefix) :].split("/", 1)[1:] == [PART_MARKER]]
+    rest = sorted(set(chosen) - set(markers))
+    for batch in (markers, rest):
+        if batch:
+            fs.rm(batch)
+    fs.invalidate_cache(parts_root.path)
 
 
 def normalise_block(

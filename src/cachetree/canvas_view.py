@@ -5,7 +5,9 @@
 level 0 with the spilled accumulators (summed and divided on the fly, tile by tile, when
 dask asks for a chunk); afterwards it returns the finished images. Tiles still held in the
 writer's memory are not on disk and show the fill value: call ``canvas.checkpoint()`` in the
-writer to make everything visible.
+writer to make everything visible. A canvas merged by several processes
+(:mod:`cachetree.distributed`) shows the tasks finished so far: only spill parts that a
+task marker lists count, so parts of unfinished or killed attempts never do.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ import zarr
 from .canvas import (
     CANVAS_JSON,
     CHECKPOINT_KIND,
+    PLAN_KIND,
     PROGRESS,
     SPILL_KIND,
     STAGING,
     STAGING_KIND,
+    TASK_KIND,
     normalise_block,
 )
 from .errors import CacheTreeError, NodeNotFoundError
@@ -58,6 +62,9 @@ class CanvasState:
         Number of spill parts on disk.
     batches_done
         Batches covered by the newest checkpoint (None without a checkpoint).
+    tasks_done, tasks_total
+        Of a canvas merged by several processes: tasks finished so far, and planned (None
+        otherwise, and ``tasks_total`` also when no plan was written).
     """
 
     spec: dict[str, Any]
@@ -65,6 +72,8 @@ class CanvasState:
     rows_final: int
     spill_parts: int
     batches_done: int | None
+    tasks_done: int | None = None
+    tasks_total: int | None = None
 
 
 def _location(source: Node | Location | str) -> Location:
@@ -81,11 +90,20 @@ def _read_json(loc: Location) -> Any | None:
 
 
 def _load(loc: Location) -> tuple[dict[str, Any] | None, list[PartInfo], int]:
-    """Final canvas.json (or None), the canvas parts, and the durable tile rows."""
+    """Final canvas.json (or None), the canvas parts, and the durable tile rows.
+
+    With task markers (several merging processes), the spill parts no marker lists are
+    left out: they belong to attempts that are still running or were killed.
+    """
     final = _read_json(loc.raw_child(CANVAS_JSON))
     if isinstance(final, dict) and "images" in final:
         return final, [], 0
-    parts = list_parts(loc, kind=(SPILL_KIND, CHECKPOINT_KIND, STAGING_KIND))
+    loc.fs.invalidate_cache(parts_location(loc).path)  # other processes write the parts
+    kinds = (SPILL_KIND, CHECKPOINT_KIND, STAGING_KIND, TASK_KIND, PLAN_KIND)
+    parts = list_parts(loc, kind=kinds)
+    if any(p.kind in (TASK_KIND, PLAN_KIND) for p in parts):
+        listed = {n for p in parts if p.kind == TASK_KIND for n in p.meta.get("spill_parts", ())}
+        parts = [p for p in parts if p.kind != SPILL_KIND or p.name in listed]
     progress = _read_json(parts_location(loc).raw_child(STAGING).raw_child(PROGRESS)) or {}
     return None, parts, int(progress.get("rows_final", 0))
 
@@ -105,12 +123,16 @@ def canvas_state(source: Node | Location | str) -> CanvasState:
     spec = _spec_from_parts(parts, loc)
     checkpoints = [p for p in parts if p.kind == CHECKPOINT_KIND]
     newest = max(checkpoints, key=lambda p: p.meta.get("seq", -1)) if checkpoints else None
+    plans = [p for p in parts if p.kind == PLAN_KIND]
+    distributed = bool(plans) or any(p.kind == TASK_KIND for p in parts)
     return CanvasState(
         spec,
         False,
         rows,
         sum(p.kind == SPILL_KIND for p in parts),
         None if newest is None else int(newest.meta["batches_done"]),
+        tasks_done=sum(p.kind == TASK_KIND for p in parts) if distributed else None,
+        tasks_total=len(plans[0].meta.get("tasks", ())) if plans else None,
     )
 
 
@@ -124,7 +146,7 @@ def is_canvas(source: Node | Location | str) -> bool:
 
 
 def _spec_from_parts(parts: list[PartInfo], loc: Location) -> dict[str, Any]:
-    for kind in (STAGING_KIND, CHECKPOINT_KIND, SPILL_KIND):
+    for kind in (STAGING_KIND, PLAN_KIND, CHECKPOINT_KIND, TASK_KIND, SPILL_KIND):
         for part in parts:
             if part.kind == kind and isinstance(part.meta.get("canvas"), dict):
                 return part.meta["canvas"]
