@@ -129,23 +129,6 @@ def _dataclass_factories(
     return signature, annotation
 
 
-# -- pages written separately ----------------------------------------------------------
-# docs/cluster.md is being written in parallel with the rest of the docs. Until it exists,
-# its toctree entry and the links to it are turned into plain text, so the other pages build
-# (nitpicky) on their own. Once the page is in the repository this does nothing, and this
-# block can be deleted.
-PENDING_PAGES = ("cluster",)
-
-
-def _pending_pages(app: Any, docname: str, source: list[str]) -> None:
-    for page in PENDING_PAGES:
-        if (HERE / f"{page}.md").exists():
-            continue
-        text = re.sub(rf"^{page}\n", "", source[0], flags=re.MULTILINE)  # toctree entry
-        text = re.sub(rf"\[([^\]]+)\]\({page}\.md(?:#[^)]*)?\)", r"*\1*", text)
-        source[0] = text
-
-
 # -- base classes ----------------------------------------------------------------------
 # "Bases: object" says nothing: only real base classes are listed.
 def _drop_object_base(app: Any, name: str, obj: Any, options: Any, bases: list[Any]) -> None:
@@ -155,4 +138,3 @@ def _drop_object_base(app: Any, name: str, obj: Any, options: Any, bases: list[A
 def setup(app: Any) -> None:
     app.connect("autodoc-process-signature", _dataclass_factories)
     app.connect("autodoc-process-bases", _drop_object_base)
-    app.connect("source-read", _pending_pages)

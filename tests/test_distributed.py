@@ -315,8 +315,8 @@ def test_cli_and_napari_on_s3(client, expected, s3_root, tmp_path):
         level0 = layers[head][0] if isinstance(layers[head], list) else layers[head]
         np.testing.assert_allclose(np.asarray(level0), levels[0], rtol=1e-5, atol=1e-5)
 
-    out = cli("cachetree.distributed", "finalize", f"{root}/merge", "-q")
-    assert "committed" in out
+    out = cli("cachetree.cli", "combine", f"{root}/merge", "-q")
+    assert "finalised canvas" in out and "prob" in out
     info = cli("cachetree.cli", "info", f"{root}/merge")
     assert "status:      committed" in info and "prob.ome.zarr" in info
     assert ".cachetree-parts" not in parts_left(node.location)

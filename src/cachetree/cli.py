@@ -104,12 +104,21 @@ def cmd_clean(args: argparse.Namespace) -> int:
 
 
 def cmd_combine(args: argparse.Namespace) -> int:
-    """Combine a node's parts into its final results, then commit it."""
+    """Combine a node's parts into its final results, then commit it.
+
+    A canvas merged on a cluster (its spill parts written by workers) is finalised into its
+    OME-Zarr heads; other nodes go through their combiner.
+    """
     from .combine import combine
+    from .distributed import finalize_canvas, is_distributed_canvas
 
     node = Node(Location.from_url(args.node))
     if node.status is Status.MISSING:
         raise CacheTreeError(f"no cache node at {args.node}")
+    if is_distributed_canvas(node):
+        images = finalize_canvas(node, progress=not args.quiet)
+        print(f"finalised canvas {node.url}: heads {', '.join(sorted(images))}")
+        return 0
     report = combine(node, combiner=args.combiner, store=args.store, progress=not args.quiet)
     print(report)
     return 0

@@ -172,7 +172,13 @@ class Location:
         return self.fs.isdir(self.path)
 
     def ls(self, detail: bool = False) -> list[Any]:
-        """Entries directly below this directory (names, or fsspec info dicts)."""
+        """Entries directly below this directory (names, or fsspec info dicts).
+
+        On remote filesystems the listing cache is dropped first, so files other processes
+        wrote since are seen.
+        """
+        if not self.is_local:
+            self.fs.invalidate_cache(self.path)
         try:
             entries = self.fs.ls(self.path, detail=True)
         except FileNotFoundError:

@@ -122,6 +122,7 @@ class _Lister:
             except (FileNotFoundError, NotADirectoryError):
                 pass
             return sorted(dirs), files
+        self.fs.invalidate_cache(path)  # see what other processes wrote since the last look
         try:
             listing = self.fs.ls(path, detail=True)
         except FileNotFoundError:

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
 
 from cachetree.clean import CleanPlan, format_bytes, plan_clean
 from cachetree.combine import CombineReport, combine
+from cachetree.distributed import finalize_canvas, is_distributed_canvas
 from cachetree.lock import break_lock, read_lock
 from cachetree.manifest import Status
 from cachetree.node import Node
@@ -175,7 +176,12 @@ class CombineWidget(_ActionWidget):
         info = self.selection.info
         return self.selection.node is not None and (info is None or info.has_parts)
 
-    def _work(self, node: Node, report: Report) -> CombineReport:
+    def _work(self, node: Node, report: Report) -> CombineReport | str:
+        if is_distributed_canvas(node):  # spill parts of cluster workers: finalise the canvas
+            report(0, 1, "finalising canvas")
+            images = finalize_canvas(node)
+            report(1, 1)
+            return f"finalised canvas heads {', '.join(sorted(images))}"
         return combine(node, progress=report)
 
     def _describe(self, path: str, result: Any) -> str:
