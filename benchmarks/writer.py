@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cachetree.storage import fsync_dir, temp_name
+from cachetree.storage import fsync_path, temp_name
 from cachetree.writer import AsyncWriter
 
 MiB = 1024**2
@@ -60,7 +60,7 @@ def write_np_save_fsync_rename(out: Path, arrays: list[np.ndarray]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-        fsync_dir(str(out))
+        fsync_path(str(out))
 
 
 def make_cachetree(workers: int, max_inflight: int, small_sync_bytes: int):

@@ -75,7 +75,7 @@ from .node import Node
 from .omezarr import ImageInfo, read_image
 from .parts import PART_MARKER, PartInfo, list_parts, parts_location, remove_part, write_part
 from .pyramid import ImageWriter, PyramidAssembler, finite_range
-from .storage import Location, validate_name
+from .storage import Location, fsync_path, validate_name
 from .writer import AsyncWriter, SaveFormat
 
 __all__ = [
@@ -1301,10 +1301,10 @@ class Canvas:
         paths += self._spill_writer.take_unsynced()
         directories = set()
         for path in paths:
-            _fsync_path(path)
+            fsync_path(path)
             directories.add(os.path.dirname(path))
         for directory in directories:
-            _fsync_path(directory)
+            fsync_path(directory)
 
     def _make_spec(self) -> dict[str, Any]:
         if isinstance(self._weights, str):
@@ -1723,19 +1723,6 @@ def _check_fill(fill_value: Any, heads: Mapping[str, HeadSpec]) -> float:
                     f"fill_value {fill_value!r} does not fit head {name!r} of dtype {spec.dtype}"
                 )
     return fill
-
-
-def _fsync_path(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _fill_for(fill: float, dtype: np.dtype) -> float | int:

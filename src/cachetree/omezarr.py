@@ -28,7 +28,7 @@ from numcodecs import Blosc
 from tqdm import tqdm
 
 from .errors import DTypeMismatchError, InvalidDataError, NodeNotFoundError, ShapeMismatchError
-from .storage import Location, fsync_dir, temp_name
+from .storage import Location, fsync_path, temp_name
 
 NGFF_VERSION = "0.4"
 AXIS_ORDER = "tczyx"
@@ -654,6 +654,6 @@ def _move_into_place(tmp: Location, final: Location) -> None:
         old = Location(final.fs, temp_name(final.path))
         os.replace(final.path, old.path)
     os.replace(tmp.path, final.path)
-    fsync_dir(os.path.dirname(final.path))
+    fsync_path(os.path.dirname(final.path))
     if old is not None:
         old.remove()

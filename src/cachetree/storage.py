@@ -276,7 +276,7 @@ def atomic_write_local(path: str, data: bytes | memoryview | Callable[[BinaryIO]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(directory)
+    fsync_path(directory)
 
 
 def temp_name(path: str) -> str:
@@ -285,10 +285,13 @@ def temp_name(path: str) -> str:
     return os.path.join(head, f".{tail}{TMP_MARK}{uuid.uuid4().hex[:12]}")
 
 
-def fsync_dir(directory: str) -> None:
-    """Flush a directory entry so a rename inside it survives a power cut (POSIX only)."""
+def fsync_path(path: str) -> None:
+    """Flush a file, or a directory's entries so a rename inside it survives a power cut.
+
+    POSIX only; errors (e.g. on filesystems that refuse it) are ignored.
+    """
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:

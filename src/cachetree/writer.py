@@ -56,7 +56,7 @@ from .errors import FinalizedError, InvalidDataError, InvalidNameError
 from .storage import (
     Location,
     atomic_write_local,
-    fsync_dir,
+    fsync_path,
     split_node_path,
     storage_errors,
     temp_name,
@@ -166,7 +166,7 @@ def _fsync_tree(top: str) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        fsync_dir(dirpath)
+        fsync_path(dirpath)
 
 
 class AsyncWriter:
@@ -596,6 +596,6 @@ class AsyncWriter:
                     old = None
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            fsync_dir(parent)
+            fsync_path(parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
