@@ -74,6 +74,9 @@ def test_clean_dry_run_then_clean(tree):
     assert out.returncode == 0
     assert "uncommitted leftover" in out.stdout and "total" in out.stdout
     assert tree.node("crash").status is Status.OPEN
+    out = cli("clean", tree.url)  # no terminal to ask: nothing is deleted without --yes
+    assert out.returncode == 1 and "pass --yes" in out.stdout
+    assert tree.node("crash").status is Status.OPEN
     out = cli("clean", tree.url, "--yes")
     assert out.returncode == 0 and "freed" in out.stdout
     assert "crash" not in tree and "seg" in tree
@@ -85,6 +88,8 @@ def test_clean_dry_run_then_clean(tree):
     ("args", "message"),
     [
         (("ls", "/definitely/not/here"), "not a cache tree"),
+        (("clean", "/definitely/not/here", "--dry-run"), "not a cache tree"),
+        (("unlock", "/definitely/not/here"), "not a cache tree"),
         (("info", "/definitely/not/here"), "no cache node"),
         (("commit", "/definitely/not/here"), "no cache node"),
         (("clean", "ROOT", "--remove", "../x"), "not allowed"),

@@ -88,12 +88,15 @@ def cmd_commit(args: argparse.Namespace) -> int:
 
 def cmd_clean(args: argparse.Namespace) -> int:
     """List (and unless --dry-run, delete) what the tree no longer needs."""
-    tree = CacheTree(args.root)
+    tree = CacheTree(args.root, create=False)
     plan = plan_clean(tree.root, remove=args.remove, part_grace=args.part_grace)
     print(plan)
     if args.dry_run or not plan.entries:
         return 0
-    if not args.yes and sys.stdin.isatty():
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("nothing deleted: pass --yes to delete without a prompt")
+            return 1
         answer = input(f"delete {len(plan)} entries ({format_bytes(plan.total_bytes)})? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
@@ -126,7 +129,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     """Break a node's owner lock."""
-    held = CacheTree(args.root).unlock(args.path)
+    held = CacheTree(args.root, create=False).unlock(args.path)
     print(f"removed lock held by {held.describe()}" if held else "node was not locked")
     return 0
 

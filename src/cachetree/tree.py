@@ -24,6 +24,9 @@ class CacheTree:
         Local path or fsspec URL (``s3://bucket/run``, ``memory://x``, ...). Created if missing.
     on_stale
         Default policy for nodes made with other parameters: ``"recompute"`` or ``"raise"``.
+    create
+        Create the tree when ``root`` holds none (default); otherwise raise
+        :class:`~cachetree.errors.NodeNotFoundError`.
     storage_options
         Passed to fsspec (credentials, endpoint URL, ...).
 
@@ -42,6 +45,7 @@ class CacheTree:
         root: str | os.PathLike[str] | Location,
         *,
         on_stale: OnStale = "recompute",
+        create: bool = True,
         **storage_options: Any,
     ):
         self.root = Location.from_url(root, **storage_options)
@@ -49,6 +53,8 @@ class CacheTree:
         try:
             read_manifest(self.root)
         except NodeNotFoundError:
+            if not create:
+                raise NodeNotFoundError(f"{self.root.url} is not a cache tree") from None
             self.root.makedirs()
             write_manifest(self.root, Manifest(kind="root"))
 
