@@ -89,13 +89,6 @@ nitpick_ignore_regex: list[tuple[str, str]] = [
     (r"py:(class|obj|func|meth|attr|exc|data|mod)", rf"(?:{_EXTERNAL})(?:\..+)?"),
 ]
 
-# References in files that are being edited by others right now; each entry names one
-# exact target and where it comes from. Remove an entry once the docstring is fixed.
-nitpick_ignore: list[tuple[str, str]] = [
-    # src/cachetree/canvas.py, Canvas docstring (nan_policy): :class:`NonFiniteValueError`
-    # should read :class:`~cachetree.errors.NonFiniteValueError`.
-    ("py:class", "NonFiniteValueError"),
-]
 
 
 # -- attribute and property docstrings --------------------------------------------------

@@ -327,7 +327,8 @@ class Canvas:
     tile
         Edge of the accumulator tiles and of the output chunks, in pixels.
     nan_policy
-        ``"raise"``: NaN or infinite values raise :class:`NonFiniteValueError`.
+        ``"raise"``: NaN or infinite values raise
+        :class:`~cachetree.errors.NonFiniteValueError`.
         ``"ignore"``: a pixel with a non-finite value in any channel of any head gets zero
         weight for every head.
     fill_value
