@@ -73,7 +73,7 @@ CASES = [
         "corrupt require",
         lambda t: cdir_query(t.root.join("broken").url).node.require_committed(),
         CorruptManifestError,
-        "re-initialise",
+        "open the node again",
     ),
     ("write committed", lambda t: t.node("done").save_text("y", "2"), FinalizedError, "committed"),
     (
@@ -105,7 +105,7 @@ CASES = [
         "unhashable param",
         lambda t: t.node("p", params={"f": object()}).open(),
         InvalidDataError,
-        "cannot fingerprint",
+        "cannot encode",
     ),
     ("bad on_stale", lambda t: t.node("p", on_stale="ignore"), InvalidDataError, "on_stale"),
 ]

@@ -206,7 +206,7 @@ def test_corrupt_manifest_is_reported_and_recovered(tree, content):
     node.location.raw_child(MANIFEST).write_bytes(content)
     assert cdir_query(node.url).status is Status.CORRUPT
     info = {i.path: i for i in tree.walk()}["step"]
-    assert info.state == "corrupt" and "re-initialise" in info.error
+    assert info.state == "corrupt" and "open the node again" in info.error
     reopened = tree.node("step").open()
     assert reopened.open_mode is OpenMode.RECOMPUTE
     assert reopened.item_names() == []

@@ -75,7 +75,7 @@ from .node import Node
 from .omezarr import ImageInfo, read_image
 from .parts import PART_MARKER, PartInfo, list_parts, parts_location, remove_part, write_part
 from .pyramid import ImageWriter, PyramidAssembler, finite_range
-from .storage import Location, fsync_path, validate_name
+from .storage import Location, fsync_path, storage_errors, validate_name
 from .writer import AsyncWriter, SaveFormat
 
 __all__ = [
@@ -652,19 +652,20 @@ class Canvas:
         self._ingest(batch)
 
     def _ingest(self, batch: _Batch) -> None:
-        if self.order == "row-major" and len(batch.clipped):
-            frontier = int(batch.clipped[:, 1].min())
-            if frontier > self._frontier:
-                self._frontier = frontier
-                if self.role == "worker":
-                    self._spill_rows(frontier // self.tile)
-                else:
-                    self._finalize_rows(min(frontier // self.tile, self.grid[0]))
-        self._accumulate(batch)
-        self._batches_done += 1
-        self._collect()
-        if self.checkpoint_every and self._batches_done % self.checkpoint_every == 0:
-            self.checkpoint()
+        with storage_errors(self._loc):
+            if self.order == "row-major" and len(batch.clipped):
+                frontier = int(batch.clipped[:, 1].min())
+                if frontier > self._frontier:
+                    self._frontier = frontier
+                    if self.role == "worker":
+                        self._spill_rows(frontier // self.tile)
+                    else:
+                        self._finalize_rows(min(frontier // self.tile, self.grid[0]))
+            self._accumulate(batch)
+            self._batches_done += 1
+            self._collect()
+            if self.checkpoint_every and self._batches_done % self.checkpoint_every == 0:
+                self.checkpoint()
 
     # -- validation -----------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -1217,48 +1218,49 @@ class Canvas:
             The caller's count of batches sent so far (default: the number of
             :meth:`add` calls, including those before a resume).
         """
-        self._check_role("checkpoint()")
-        self._check_open()
-        if batches_done is not None:
-            if isinstance(batches_done, bool) or not isinstance(batches_done, int):
-                raise InvalidDataError(f"batches_done must be an int, got {batches_done!r}")
-            if batches_done < 0:
-                raise InvalidDataError(f"batches_done must be >= 0, got {batches_done}")
-            self._batches_done = batches_done
-        if self._tiles:
-            self._spill(list(self._tiles))
-        self._reap_spills(wait=True)
-        self._drain()
-        self._fsync_written()
-        referenced = sorted(n for n, left in self._part_left.items() if left > 0)
-        seq = self._take_seq()
-        name = f"{CHECKPOINT_KIND}-{seq:08d}"
-        with self._lock:
-            stats = {f"stats/{h}": np.stack([self._low[h], self._high[h]]) for h in self.heads}
-        write_part(
-            self._loc,
-            name,
-            stats,
-            kind=CHECKPOINT_KIND,
-            meta={
-                "canvas": self.spec,
-                "seq": seq,
-                "batches_done": self._batches_done,
-                "rows_final": self._rows_final,
-                "frontier": self._frontier,
-                "next_seq": self._next_seq,
-                "spill_parts": referenced,
-            },
-        )
-        previous, self._ckpt_name = self._ckpt_name, name
-        self._ckpt_parts = set(referenced)
-        if previous is not None:
-            self._remove_parts_named([previous])
-        garbage, self._garbage = self._garbage, []
-        for part in garbage:
-            self._drop_part(part)
-        self._drain()
-        log.debug("canvas checkpoint %s after %d batches", name, self._batches_done)
+        with storage_errors(self._loc):
+            self._check_role("checkpoint()")
+            self._check_open()
+            if batches_done is not None:
+                if isinstance(batches_done, bool) or not isinstance(batches_done, int):
+                    raise InvalidDataError(f"batches_done must be an int, got {batches_done!r}")
+                if batches_done < 0:
+                    raise InvalidDataError(f"batches_done must be >= 0, got {batches_done}")
+                self._batches_done = batches_done
+            if self._tiles:
+                self._spill(list(self._tiles))
+            self._reap_spills(wait=True)
+            self._drain()
+            self._fsync_written()
+            referenced = sorted(n for n, left in self._part_left.items() if left > 0)
+            seq = self._take_seq()
+            name = f"{CHECKPOINT_KIND}-{seq:08d}"
+            with self._lock:
+                stats = {f"stats/{h}": np.stack([self._low[h], self._high[h]]) for h in self.heads}
+            write_part(
+                self._loc,
+                name,
+                stats,
+                kind=CHECKPOINT_KIND,
+                meta={
+                    "canvas": self.spec,
+                    "seq": seq,
+                    "batches_done": self._batches_done,
+                    "rows_final": self._rows_final,
+                    "frontier": self._frontier,
+                    "next_seq": self._next_seq,
+                    "spill_parts": referenced,
+                },
+            )
+            previous, self._ckpt_name = self._ckpt_name, name
+            self._ckpt_parts = set(referenced)
+            if previous is not None:
+                self._remove_parts_named([previous])
+            garbage, self._garbage = self._garbage, []
+            for part in garbage:
+                self._drop_part(part)
+            self._drain()
+            log.debug("canvas checkpoint %s after %d batches", name, self._batches_done)
 
     def flush_parts(self) -> list[str]:
         """Worker canvas: spill every tile still in memory and end the canvas.
@@ -1497,48 +1499,49 @@ class Canvas:
         dict[str, ImageInfo]
             The written image of each head.
         """
-        self._check_role("finalize()")
-        self._check_open()
-        assert self.node is not None
-        self._finalize_rows(self.grid[0])
-        self._reap_spills(wait=True)
-        self._drain()
-        self._pool.clear()  # accumulators are not needed any more
-        self._n_buffers = len(self._tiles)
-        infos: dict[str, ImageInfo] = {}
-        for name, image in self._images.items():
-            assembler = self._assemblers[name] if self._assemblers is not None else None
-            if assembler is None or not assembler.complete():
-                # resumed run: the levels above 0 are rebuilt from level 0
-                image.build_levels(workers=self._workers, progress=self.progress)
-            with self._lock:
-                low, high = self._low[name], self._high[name]
-            image.finish(
-                low=low if len(low) > 1 else low[0],
-                high=high if len(high) > 1 else high[0],
-                name=name,
-                channel_names=self.channel_names.get(name) if len(low) > 1 else None,
+        with storage_errors(self._loc):
+            self._check_role("finalize()")
+            self._check_open()
+            assert self.node is not None
+            self._finalize_rows(self.grid[0])
+            self._reap_spills(wait=True)
+            self._drain()
+            self._pool.clear()  # accumulators are not needed any more
+            self._n_buffers = len(self._tiles)
+            infos: dict[str, ImageInfo] = {}
+            for name, image in self._images.items():
+                assembler = self._assemblers[name] if self._assemblers is not None else None
+                if assembler is None or not assembler.complete():
+                    # resumed run: the levels above 0 are rebuilt from level 0
+                    image.build_levels(workers=self._workers, progress=self.progress)
+                with self._lock:
+                    low, high = self._low[name], self._high[name]
+                image.finish(
+                    low=low if len(low) > 1 else low[0],
+                    high=high if len(high) > 1 else high[0],
+                    name=name,
+                    channel_names=self.channel_names.get(name) if len(low) > 1 else None,
+                )
+            for name, image in self._images.items():
+                target = self.node.item(f"{name}.ome.zarr")
+                _publish(image.location, target)
+                infos[name] = read_image(target)
+            self.node.save_json(
+                CANVAS_JSON,
+                {
+                    "kind": "canvas",
+                    **self.spec,
+                    "images": {name: f"{name}.ome.zarr" for name in self.heads},
+                    "batches": self._batches_done,
+                },
             )
-        for name, image in self._images.items():
-            target = self.node.item(f"{name}.ome.zarr")
-            _publish(image.location, target)
-            infos[name] = read_image(target)
-        self.node.save_json(
-            CANVAS_JSON,
-            {
-                "kind": "canvas",
-                **self.spec,
-                "images": {name: f"{name}.ome.zarr" for name in self.heads},
-                "batches": self._batches_done,
-            },
-        )
-        self._finalized = True
-        if commit:
-            self.node.commit()
-        _remove_part_dirs(self._parts_root, [info.name for info in self._canvas_parts()])
-        self._staging.remove()
-        self._shutdown()
-        return infos
+            self._finalized = True
+            if commit:
+                self.node.commit()
+            _remove_part_dirs(self._parts_root, [info.name for info in self._canvas_parts()])
+            self._staging.remove()
+            self._shutdown()
+            return infos
 
     def close(self) -> None:
         """Stop without finalising: finish pending writes and keep the spill data.

@@ -9,38 +9,72 @@ parts area of each node (``.cachetree-parts``):
 * in committed nodes, parts already combined into the results (a combine killed after its
   commit leaves them), and — once no part waits to be combined — the shared inputs and the
   combiner setting;
-* in committed nodes, keyed-store files that the store's inventory does not list.
+* in committed nodes, unfinished parts whoever wrote them (a committed node takes no more),
+  and keyed-store files that the store's inventory does not list.
 
 Parts that wait to be combined are never selected.
+
+Clean runs safely beside live writers: a node whose lock a live process holds is skipped when
+planning, and :meth:`CleanPlan.execute` deletes inside a node only while holding the node's
+lock itself (writers that want the node meanwhile wait), after reading its manifest again.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import posixpath
 import socket
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from tqdm.auto import tqdm
 
-from .errors import NodeNotFoundError
+from .errors import (
+    CorruptManifestError,
+    CorruptRecordError,
+    InvalidDataError,
+    LockHeldError,
+    NodeNotFoundError,
+)
+from .inventory import is_own_entry
 from .layout import LOCK, MANIFEST, PARTS
-from .manifest import Status
+from .lock import LockInfo, acquire_lock, release_lock
+from .manifest import Status, read_manifest
 from .storage import TMP_MARK, Location, split_node_path
 from .walk import NodeInfo, walk
+
+__all__ = ["LOCK_GRACE", "PART_GRACE", "YOUNG", "CleanEntry", "CleanPlan", "plan_clean"]
 
 PART_GRACE = 3600.0
 """Seconds after its last change that an unfinished part whose writer cannot be checked
 (another host, or written without :func:`cachetree.combine.add_part`) counts as abandoned."""
 
+LOCK_GRACE = 86400.0
+"""Seconds a lock taken on another host keeps clean away (its process cannot be checked)."""
+
+YOUNG = 60.0
+"""Seconds during which an empty folder, or a group node without children, may be a node
+another process is creating: clean leaves such things alone until they are older."""
+
 
 @dataclass(frozen=True)
 class CleanEntry:
-    """One thing clean would delete."""
+    """One thing clean would delete.
+
+    Attributes
+    ----------
+    node
+        The node whose lock clean holds while deleting the entry (see :meth:`CleanPlan.execute`).
+    created
+        For entries of an uncommitted node: the creation stamp of the manifest seen when
+        planning (``""`` when there was no readable manifest). The entry is skipped if the node
+        was committed or opened again since.
+    whole_node
+        The entry is the node itself (with everything below it).
+    """
 
     location: Location
     bytes: int
@@ -48,6 +82,9 @@ class CleanEntry:
     only: tuple[Location, ...] | None = None
     """When set, only these paths inside ``location`` are deleted, then ``location`` itself if
     it is empty by then (so something written meanwhile is kept)."""
+    node: Location | None = None
+    created: str | None = None
+    whole_node: bool = False
 
     @property
     def url(self) -> str:
@@ -70,6 +107,8 @@ class CleanPlan:
 
     root: Location
     entries: list[CleanEntry] = field(default_factory=list)
+    skipped: list[tuple[CleanEntry, str]] = field(default_factory=list)
+    """Entries :meth:`execute` left alone, with the reason (the node came back into use)."""
 
     @property
     def total_bytes(self) -> int:
@@ -87,10 +126,85 @@ class CleanPlan:
         return "\n".join(lines)
 
     def execute(self, *, progress: bool = False) -> int:
-        """Delete every entry; returns the bytes freed."""
-        for entry in tqdm(self.entries, desc="cleaning", unit="entry", disable=not progress):
-            entry.remove()
-        return self.total_bytes
+        """Delete every entry that is still unneeded; returns the bytes freed.
+
+        Entries are grouped by node, deepest nodes first. For each node clean takes the
+        node's lock (as a ``clean`` claim, so writers wait instead of starting), reads the
+        manifest again and deletes only what is still a leftover: a node committed or opened
+        again since the plan, a node that gained a child, or one a live process now holds, is
+        left alone and listed in :attr:`skipped`.
+        """
+        freed = 0
+        groups: dict[Location | None, list[CleanEntry]] = {}
+        for entry in self.entries:
+            groups.setdefault(entry.node, []).append(entry)
+        order = sorted(groups, key=lambda n: -1 if n is None else -n.path.count("/"))
+        bar = tqdm(total=len(self.entries), desc="cleaning", unit="entry", disable=not progress)
+        with bar:
+            for node in order:
+                freed += self._execute_node(node, groups[node])
+                bar.update(len(groups[node]))
+        return freed
+
+    def _execute_node(self, node: Location | None, entries: list[CleanEntry]) -> int:
+        if node is None:
+            for entry in entries:
+                entry.remove()
+            return sum(e.bytes for e in entries)
+        try:
+            claim = acquire_lock(node, purpose="clean", create_dirs=False)
+        except (LockHeldError, NodeNotFoundError) as exc:
+            self.skipped += [(e, str(exc)) for e in entries]
+            return 0
+        freed = 0
+        try:
+            current = _created_stamp(node)
+            for entry in entries:
+                why = _still_needed(entry, current)
+                if why is not None:
+                    self.skipped.append((entry, why))
+                    continue
+                entry.remove()
+                freed += entry.bytes
+        finally:
+            release_lock(node, claim)
+        return freed
+
+
+def _created_stamp(node: Location) -> str | None:
+    """``created`` of the node's manifest now: None when committed, ``""`` when unreadable."""
+    try:
+        manifest = read_manifest(node)
+    except (NodeNotFoundError, CorruptManifestError):
+        return ""
+    return None if manifest.status is Status.COMMITTED else manifest.created
+
+
+def _still_needed(entry: CleanEntry, current: str | None) -> str | None:
+    """Why ``entry`` must be kept after all (None when it can go)."""
+    if entry.created is not None and entry.created != current:
+        return "the node was committed or opened again since the plan"
+    if entry.whole_node and entry.created is not None and _holds_nodes(entry.location):
+        return "a child node appeared in it since the plan"
+    if entry.whole_node or entry.location == entry.node:
+        return None
+    if _looks_like_node(entry.location):
+        return "a node is being created there"
+    return None
+
+
+def _looks_like_node(loc: Location) -> bool:
+    """Whether ``loc`` is a directory holding a manifest or a lock (a node, maybe new)."""
+    return loc.raw_child(MANIFEST).exists() or loc.raw_child(LOCK).exists()
+
+
+def _holds_nodes(loc: Location) -> bool:
+    """Whether a direct sub-directory of the node ``loc`` is a node (or becoming one)."""
+    return any(
+        entry["type"] == "directory" and _looks_like_node(Location(loc.fs, entry["name"]))
+        for entry in loc.ls(detail=True)
+        if not is_own_entry(posixpath.basename(entry["name"].rstrip("/")))
+    )
 
 
 def _remove_if_empty(loc: Location) -> None:
@@ -115,35 +229,78 @@ def format_bytes(n: int | None) -> str:
 
 
 def _own_entries(loc: Location, info: NodeInfo, *, keep_parts: bool) -> list[Location]:
+    """Files and folders of an uncommitted node that are not its child nodes.
+
+    A folder holding a manifest or a lock is a child node being created, and an empty
+    folder younger than :data:`YOUNG` may become one: both are kept.
+    """
     keep = set(info.children) | {MANIFEST, LOCK}
     if keep_parts:
         keep.add(PARTS)
-    return [loc.raw_child(name) for name in loc.ls() if name not in keep]
+    now = time.time()
+    own = []
+    for entry in loc.ls(detail=True):
+        name = posixpath.basename(entry["name"].rstrip("/"))
+        if name in keep:
+            continue
+        child = loc.raw_child(name)
+        if entry["type"] == "directory" and (
+            _looks_like_node(child) or (not child.ls() and _is_young(child, now))
+        ):
+            continue
+        own.append(child)
+    return own
+
+
+def _is_young(loc: Location, now: float) -> bool:
+    newest = _newest_change(loc)
+    return newest is None or now - newest < YOUNG
+
+
+def _lock_in_use(writer: LockInfo | None, lock_grace: float) -> bool:
+    """Whether a node's lock says a process may be writing it now."""
+    if writer is None or writer.is_stale():
+        return False
+    return writer.host == socket.gethostname() or writer.age() < lock_grace
 
 
 def plan_clean(
-    root: Location, *, remove: Iterable[str] = (), part_grace: float = PART_GRACE
+    root: Location,
+    *,
+    remove: Iterable[str] = (),
+    part_grace: float = PART_GRACE,
+    lock_grace: float = LOCK_GRACE,
 ) -> CleanPlan:
     """List what can go: leftovers of crashed runs, stale nodes, temp files, stale locks, parts.
 
-    Committed, current nodes are kept unless named in ``remove``. Nodes a live process is
-    writing are never touched, nor are parts waiting to be combined.
+    Committed, current nodes are kept unless named in ``remove``. Nodes in use are never
+    touched: a node whose lock is held by a live process on this host, or by a process on
+    another host less than ``lock_grace`` seconds ago. Parts waiting to be combined are kept.
 
     Parameters
     ----------
     root
         Root node directory of the tree.
     remove
-        Paths (relative to ``root``) of nodes to delete whatever their state.
+        Paths (relative to ``root``; ``""`` is ``root`` itself) of nodes to delete whatever
+        their state.
     part_grace
         Seconds without change after which an unfinished part whose writer cannot be checked
         is considered abandoned.
+    lock_grace
+        Seconds after which a lock taken on another host (whose process cannot be checked)
+        no longer keeps clean away.
 
     Raises
     ------
     NodeNotFoundError
         If a path in ``remove`` is not a node.
+    InvalidDataError
+        If a grace period is negative.
     """
+    for name, value in (("part_grace", part_grace), ("lock_grace", lock_grace)):
+        if not value >= 0:
+            raise InvalidDataError(f"{name} must be a number of seconds >= 0, not {value!r}")
     plan = CleanPlan(root)
     infos = list(walk(root))
     by_path = {info.path: info for info in infos}
@@ -154,7 +311,7 @@ def plan_clean(
             raise NodeNotFoundError(f"no node {path!r} under {root.url}")
         doomed.append(path)
         loc = root.join(path) if path else root
-        plan.entries.append(CleanEntry(loc, loc.du(), "asked by name"))
+        plan.entries.append(CleanEntry(loc, loc.du(), "asked by name", node=loc, whole_node=True))
 
     def covered(path: str) -> bool:
         return any(path == d or path.startswith(d + "/") or d == "" for d in doomed)
@@ -163,31 +320,82 @@ def plan_clean(
         if covered(info.path):
             continue
         loc = root.join(info.path) if info.path else root
-        if info.writer is not None and info.writer_alive:
+        if _lock_in_use(info.writer, lock_grace):
             continue  # being written right now
         if info.stale:
             doomed.append(info.path)
-            plan.entries.append(CleanEntry(loc, loc.du(), "stale: its parent was recomputed"))
+            plan.entries.append(
+                CleanEntry(
+                    loc, loc.du(), "stale: its parent was recomputed", node=loc, whole_node=True
+                )
+            )
             continue
         if info.status is Status.COMMITTED:
-            plan.entries += _committed_leftovers(loc, info)
+            entries = _committed_leftovers(loc, info)
             if loc.raw_child(PARTS).exists():
-                plan.entries += _part_leftovers(loc, committed=True, grace=part_grace)
+                entries += _part_leftovers(loc, committed=True, grace=part_grace)
+            plan.entries += [replace(e, node=loc) for e in entries]
             continue
-        reason = "corrupt manifest" if info.status is Status.CORRUPT else "uncommitted leftover"
-        has_parts_area = loc.raw_child(PARTS).exists()
-        if not info.children and not has_parts_area and info.depth > 0:
-            doomed.append(info.path)
-            plan.entries.append(CleanEntry(loc, loc.du(), reason))
-            continue
-        plan.entries += [
-            CleanEntry(e, e.du(), reason) for e in _own_entries(loc, info, keep_parts=True)
-        ]
-        if has_parts_area:
-            plan.entries += _part_leftovers(loc, committed=False, grace=part_grace)
-        if info.writer is not None:
-            plan.entries.append(CleanEntry(loc.raw_child(LOCK), 0, "lock of a dead process"))
+        plan.entries += _uncommitted_leftovers(loc, info, part_grace, doomed)
+    _doom_emptied_groups(plan, infos, doomed, root)
     return plan
+
+
+def _uncommitted_leftovers(
+    loc: Location, info: NodeInfo, part_grace: float, doomed: list[str]
+) -> list[CleanEntry]:
+    """What an uncommitted (open or corrupt) node leaves that nobody will finish."""
+    reason = "corrupt manifest" if info.status is Status.CORRUPT else "uncommitted leftover"
+    created = info.manifest.created if info.manifest is not None else ""
+    has_parts_area = loc.raw_child(PARTS).exists()
+    leaf = not info.children and not has_parts_area and info.depth > 0
+    new_group = info.manifest is not None and info.manifest.kind == "group"
+    if leaf and not (new_group and _is_young(loc.raw_child(MANIFEST), time.time())):
+        doomed.append(info.path)
+        return [CleanEntry(loc, loc.du(), reason, node=loc, created=created, whole_node=True)]
+    entries = [
+        CleanEntry(e, e.du(), reason, node=loc, created=created)
+        for e in _own_entries(loc, info, keep_parts=True)
+    ]
+    if has_parts_area:
+        entries += [
+            replace(e, node=loc) for e in _part_leftovers(loc, committed=False, grace=part_grace)
+        ]
+    if info.writer is not None:
+        entries.append(
+            CleanEntry(loc.raw_child(LOCK), 0, "lock of a dead process", node=loc, created=created)
+        )
+    return entries
+
+
+def _doom_emptied_groups(
+    plan: CleanPlan, infos: list[NodeInfo], doomed: list[str], root: Location
+) -> None:
+    """Remove, in the same pass, uncommitted group nodes whose every child is removed."""
+    gone = set(doomed)
+    for info in reversed(infos):  # children before their parents
+        if info.path in gone or info.depth == 0 or not info.children:
+            continue
+        if info.status is Status.COMMITTED or info.manifest is None:
+            continue
+        if info.manifest.kind != "group" or info.has_parts:
+            continue
+        if not all(posixpath.join(info.path, c) in gone for c in info.children):
+            continue
+        loc = root.join(info.path)
+        # its own entries were planned already; the node itself now goes after its children
+        plan.entries = [e for e in plan.entries if e.node != loc]
+        plan.entries.append(
+            CleanEntry(
+                loc,
+                0,
+                "group node emptied by this clean",
+                node=loc,
+                created=info.manifest.created,
+                whole_node=True,
+            )
+        )
+        gone.add(info.path)
 
 
 def _committed_leftovers(loc: Location, info: NodeInfo) -> list[CleanEntry]:
@@ -201,7 +409,7 @@ def _committed_leftovers(loc: Location, info: NodeInfo) -> list[CleanEntry]:
 
 def _unlisted_keyed_files(loc: Location) -> list[CleanEntry]:
     """Files in a committed node's keyed stores that their inventory does not list."""
-    from .keyed import INVENTORY, STORE_SUFFIX
+    from .keyed import INVENTORY, STORE_SUFFIX, read_inventory
 
     entries = []
     for name in loc.ls():
@@ -209,10 +417,12 @@ def _unlisted_keyed_files(loc: Location) -> list[CleanEntry]:
             continue
         store = loc.raw_child(name)
         try:
-            raw = json.loads(store.raw_child(INVENTORY).read_bytes())
-        except (FileNotFoundError, ValueError):
+            raw = read_inventory(store)
+        except CorruptRecordError:
+            raw = None
+        if raw is None:
             continue  # no readable inventory: leave the store alone
-        listed = {e.get("file") for e in raw.get("entries", [])} | {INVENTORY}
+        listed = {e["file"] for e in raw["entries"]} | {INVENTORY}
         for entry in store.ls():
             if entry not in listed:
                 extra = store.raw_child(entry)
@@ -276,7 +486,9 @@ def _part_leftovers(loc: Location, *, committed: bool, grace: float) -> list[Cle
     parts_dir = loc.raw_child(PARTS)
     unfinished = uncommitted_parts(loc)
     now = time.time()
-    dead = [u for u in unfinished if _writer_gone(u, grace, now)]
+    # A committed node takes no more parts: whatever is unfinished there is a leftover (of a
+    # canvas killed while removing its spill, say), whoever wrote it.
+    dead = unfinished if committed else [u for u in unfinished if _writer_gone(u, grace, now)]
     entries = [CleanEntry(u, u.du(), "unfinished part whose writer is gone") for u in dead]
     if committed:
         parts = list_parts(loc)

@@ -9,9 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .clean import PART_GRACE, format_bytes, plan_clean
+from .clean import LOCK_GRACE, PART_GRACE, format_bytes, plan_clean
 from .demo import DemoParams
-from .errors import CacheTreeError
+from .errors import CacheTreeError, CorruptManifestError
 from .manifest import Status
 from .node import Node
 from .storage import Location
@@ -53,9 +53,19 @@ def _info_dict(info: NodeInfo) -> dict:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    """Print one node's manifest."""
+    """Print one node's manifest (or why it cannot be read)."""
     node = Node(Location.from_url(args.node))
-    manifest = node.manifest
+    try:
+        manifest = node.manifest
+    except CorruptManifestError as exc:
+        if args.json:
+            print(json.dumps({"url": node.url, "status": "corrupt", "error": str(exc)}))
+            return 0
+        print(f"node:        {node.url}")
+        print("status:      corrupt")
+        print(f"problem:     {exc}")
+        print(f"children:    {', '.join(node.child_names()) or '-'}")
+        return 0
     if args.json:
         print(manifest.to_json())
         return 0
@@ -89,7 +99,9 @@ def cmd_commit(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     """List (and unless --dry-run, delete) what the tree no longer needs."""
     tree = CacheTree(args.root, create=False)
-    plan = plan_clean(tree.root, remove=args.remove, part_grace=args.part_grace)
+    plan = plan_clean(
+        tree.root, remove=args.remove, part_grace=args.part_grace, lock_grace=args.lock_grace
+    )
     print(plan)
     if args.dry_run or not plan.entries:
         return 0
@@ -102,6 +114,8 @@ def cmd_clean(args: argparse.Namespace) -> int:
             print("nothing deleted")
             return 1
     freed = plan.execute(progress=not args.quiet)
+    for entry, why in plan.skipped:
+        print(f"kept {entry.url}: {why}")
     print(f"freed {format_bytes(freed)}")
     return 0
 
@@ -129,7 +143,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
 def cmd_unlock(args: argparse.Namespace) -> int:
     """Break a node's owner lock."""
-    held = CacheTree(args.root, create=False).unlock(args.path)
+    held = CacheTree(args.root, create=False).unlock(args.path, force=args.force)
     print(f"removed lock held by {held.describe()}" if held else "node was not locked")
     return 0
 
@@ -158,6 +172,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type accepting numbers >= 0 of ``kind``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``cachetree`` command."""
     parser = argparse.ArgumentParser(
@@ -173,11 +203,16 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)
+        p.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+        )
         return p
 
     p = add("ls", cmd_ls, "list a cache tree with status, kind, size and time")
     p.add_argument("root", help="root path or fsspec URL of the tree (or any node in it)")
-    p.add_argument("--depth", type=int, default=None, help="descend at most this many levels")
+    p.add_argument(
+        "--depth", type=_non_negative(int), default=None, help="descend at most this many levels"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     p = add("info", cmd_info, "show one node's manifest and items")
@@ -200,11 +235,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     p.add_argument(
         "--part-grace",
-        type=float,
+        type=_non_negative(float),
         default=PART_GRACE,
         metavar="SECONDS",
         help="unfinished parts whose writer cannot be checked count as abandoned after this "
         "long without change (default: %(default)s)",
+    )
+    p.add_argument(
+        "--lock-grace",
+        type=_non_negative(float),
+        default=LOCK_GRACE,
+        metavar="SECONDS",
+        help="a node locked by a process on another host counts as in use for this long "
+        "(default: %(default)s)",
     )
 
     p = add("combine", cmd_combine, "combine a node's parts into its results, then commit it")
@@ -215,9 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="combiner name or 'package.module:function' (default: the one set for the node)",
     )
     p.add_argument("--store", default="results", help="keyed store receiving the results")
-    p.add_argument(
-        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bar"
-    )
 
     p = add("demo", cmd_demo, "run the demo pipeline on the shipped sample data")
     p.add_argument("--out", default="cachetree-demo", help="cache tree root (default: %(default)s)")
@@ -239,9 +279,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="side of the density heatmap regions in pixels (default: %(default)s)",
     )
     p.add_argument(
-        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
-    )
-    p.add_argument(
         "--view",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -251,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("unlock", cmd_unlock, "break the owner lock of a node whose writer is gone")
     p.add_argument("root", help="root path or URL of the tree")
     p.add_argument("path", nargs="?", default="", help="node path relative to the root")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="also remove the lock of a process of this host that is still running",
+    )
     return parser
 
 

@@ -33,16 +33,18 @@ from tqdm.auto import tqdm
 
 from .clean import _remove_if_empty
 from .errors import (
+    CorruptRecordError,
     IncompatibleError,
     InvalidDataError,
     KeyLookupError,
+    NodeNotFoundError,
     ShapeMismatchError,
     UnknownCombinerError,
 )
 from .fingerprint import fingerprint, to_jsonable
 from .inventory import scan_items
 from .keyed import (
-    INVENTORY,
+    STORE_SUFFIX,
     Key,
     KeyedStore,
     KeyIndex,
@@ -50,9 +52,10 @@ from .keyed import (
     key_from_json,
     key_to_json,
     keyed_store_names,
+    read_inventory,
     sort_key,
 )
-from .lock import LockInfo, acquire_lock, read_lock, release_lock
+from .lock import LockInfo, acquire_lock, parse_lock, read_lock, release_lock
 from .manifest import Manifest, Status, now_iso, read_manifest, write_manifest
 from .node import Node
 from .parts import PART_MARKER, PartInfo, list_parts, parts_location, remove_part, write_part
@@ -362,8 +365,6 @@ def _location(node: NodeLike) -> Location:
 
 
 def _require_node(loc: Location) -> Manifest:
-    from .errors import NodeNotFoundError
-
     try:
         return read_manifest(loc)
     except NodeNotFoundError as exc:
@@ -510,10 +511,13 @@ def _write_part(
 
 def writer_of_part(part_dir: Location) -> LockInfo | None:
     """Who wrote (or is writing) a part directory, when :func:`add_part` recorded it."""
+    loc = part_dir.raw_child(WRITER_FILE)
     try:
-        return LockInfo(**json.loads(part_dir.raw_child(WRITER_FILE).read_bytes()))
-    except (FileNotFoundError, ValueError, TypeError):
+        raw = loc.read_bytes()
+    except (NodeNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
+    held = parse_lock(raw, where=f"part writer record {loc.url}")
+    return None if held.error else held
 
 
 def combined_part_ids(node: NodeLike) -> set[str]:
@@ -522,11 +526,11 @@ def combined_part_ids(node: NodeLike) -> set[str]:
     ids: set[str] = set()
     for name in keyed_store_names(loc):
         try:
-            raw = json.loads(loc.raw_child(name + ".keyed").raw_child(INVENTORY).read_bytes())
-        except (FileNotFoundError, ValueError):
+            raw = read_inventory(loc.raw_child(name + STORE_SUFFIX))
+        except CorruptRecordError:
             continue
-        for entry in raw.get("entries", []):
-            ids.update(entry.get("parts", ()))
+        for entry in raw["entries"] if raw else ():
+            ids.update(str(p) for p in entry.get("parts", ()))
     return ids
 
 

@@ -23,8 +23,12 @@ class ItemNotFoundError(NodeNotFoundError):
     """A node has no item of the requested name."""
 
 
-class CorruptManifestError(CacheTreeError):
-    """A node's manifest file is empty or cannot be parsed."""
+class CorruptRecordError(CacheTreeError):
+    """A small state file (manifest, lock, part marker, inventory) is empty or malformed."""
+
+
+class CorruptManifestError(CorruptRecordError):
+    """A node's manifest file is empty, cannot be parsed, or has fields of the wrong type."""
 
 
 class NotCommittedError(CacheTreeError):

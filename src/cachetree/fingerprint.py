@@ -54,7 +54,7 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, Iterable):
         return [to_jsonable(v) for v in value]
     raise InvalidDataError(
-        f"cannot fingerprint a parameter of type {type(value).__name__}; "
+        f"cannot encode a value of type {type(value).__name__} (as a parameter or as JSON); "
         "use numbers, strings, lists, dicts, numpy arrays or dataclasses"
     )
 

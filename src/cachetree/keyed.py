@@ -38,9 +38,16 @@ from typing import Any
 
 import numpy as np
 
-from .errors import FinalizedError, InvalidDataError, ItemNotFoundError, KeyLookupError
+from .errors import (
+    FinalizedError,
+    InvalidDataError,
+    ItemNotFoundError,
+    KeyLookupError,
+    NodeNotFoundError,
+)
 from .manifest import Status
 from .node import Node
+from .records import Field, parse_record
 from .storage import Location, validate_name
 from .writer import AsyncWriter
 
@@ -100,6 +107,50 @@ def canonical_key(key: Any) -> Key:
 def key_to_json(key: Key) -> Any:
     """JSON form of a canonical key (tuples become lists)."""
     return [key_to_json(k) for k in key] if isinstance(key, tuple) else key
+
+
+def _entries_ok(entries: list[Any]) -> bool:
+    return all(
+        isinstance(e, dict)
+        and "key" in e
+        and isinstance(e.get("file"), str)
+        and isinstance(e.get("shape", []), list)
+        and isinstance(e.get("dtype", ""), str)
+        and isinstance(e.get("parts", []), list)
+        for e in entries
+    )
+
+
+_INVENTORY_FIELDS = {
+    "entries": Field(
+        list,
+        required=True,
+        check=_entries_ok,
+        expect="a list of {key, file, shape, dtype} records",
+    ),
+    "format": Field((int, str)),
+}
+
+
+def read_inventory(store: Location) -> dict[str, Any] | None:
+    """The checked ``keys.json`` of the keyed store directory ``store`` (None when absent).
+
+    Raises
+    ------
+    CorruptRecordError
+        When the inventory is empty, not JSON or malformed.
+    """
+    loc = store.raw_child(INVENTORY)
+    try:
+        raw = loc.read_bytes()
+    except (NodeNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    return parse_record(
+        raw,
+        _INVENTORY_FIELDS,
+        where=f"keyed-store inventory {loc.url}",
+        remedy="recompute the node (open it with its parameters again)",
+    )
 
 
 def key_from_json(value: Any) -> Key:
@@ -303,16 +354,8 @@ class KeyedStore(Mapping):
     def _inventory(self) -> tuple[dict[str, dict[str, Any]], KeyIndex]:
         if self._entries is None or self._index is None:
             entries: dict[str, dict[str, Any]] = {}
-            inv = self.location.raw_child(INVENTORY)
-            try:
-                raw = json.loads(inv.read_bytes())
-            except FileNotFoundError:
-                raw = {"entries": []}
-            except ValueError as exc:
-                raise InvalidDataError(
-                    f"inventory {inv.url} is unreadable ({exc}); recompute the node"
-                ) from exc
-            for entry in raw.get("entries", []):
+            raw = read_inventory(self.location) or {"entries": []}
+            for entry in raw["entries"]:
                 entry = dict(entry)
                 entry["key"] = key_from_json(entry["key"])
                 entries[_canonical_json(entry["key"])] = entry

@@ -12,6 +12,7 @@ from typing import Any
 from ._version import __version__
 from .errors import CorruptManifestError, NodeNotFoundError
 from .layout import MANIFEST
+from .records import Field, is_iso_time, parse_record
 from .storage import Location
 
 
@@ -84,31 +85,58 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes, *, where: str = "manifest") -> Manifest:
-        """Parse JSON text.
+        """Parse JSON text, checking the type of every field.
 
         Raises
         ------
         CorruptManifestError
-            If the text is empty, not JSON, or lacks the fields of a manifest.
+            If the text is empty, not JSON, or its fields are missing or of the wrong type.
         """
-        if not text or not text.strip():
-            raise CorruptManifestError(
-                f"{where} is empty (a run was probably killed while creating it); "
-                "re-initialise the node to recompute it, or run `cachetree clean`"
-            )
-        try:
-            raw = json.loads(text)
-            names = {f.name for f in dataclasses.fields(cls)}
-            manifest = cls(**{k: v for k, v in raw.items() if k in names})
-            manifest.status = Status(manifest.status)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise CorruptManifestError(
-                f"{where} cannot be parsed ({exc}); re-initialise the node to recompute it, "
-                "or run `cachetree clean`"
-            ) from exc
-        if manifest.status not in (Status.OPEN, Status.COMMITTED):
-            raise CorruptManifestError(f"{where} has invalid status {manifest.status!r}")
+        raw = parse_record(
+            text, _FIELDS, where=where, remedy=CORRUPT_REMEDY, error=CorruptManifestError
+        )
+        names = {f.name for f in dataclasses.fields(cls)}
+        manifest = cls(**{k: v for k, v in raw.items() if k in names})
+        manifest.status = Status(manifest.status)
         return manifest
+
+
+CORRUPT_REMEDY = (
+    "open the node again to recompute it, or delete it with `cachetree clean ROOT --remove PATH`"
+)
+"""What every corrupt-manifest message recommends (both work; tests follow them)."""
+
+
+def _items_ok(items: dict[str, Any]) -> bool:
+    return all(
+        isinstance(item, dict)
+        and isinstance(item.get("bytes", 0), int)
+        and isinstance(item.get("kind", ""), str)
+        and isinstance(item.get("shape", []), list)
+        for item in items.values()
+    )
+
+
+_FIELDS = {
+    "status": Field(
+        str,
+        required=True,
+        check=lambda v: v in (Status.OPEN, Status.COMMITTED),
+        expect="'open' or 'committed'",
+    ),
+    "kind": Field(str, required=True),
+    "created": Field(str, required=True, check=is_iso_time, expect="an ISO 8601 time"),
+    "committed": Field(
+        (str, type(None)),
+        check=lambda v: v is None or is_iso_time(v),
+        expect="an ISO 8601 time or null",
+    ),
+    "fingerprint": Field((str, type(None))),
+    "parent_fingerprint": Field((str, type(None))),
+    "version": Field(str),
+    "items": Field(dict, check=_items_ok, expect="an object of item records (kind, bytes, shape)"),
+    "meta": Field(dict),
+}
 
 
 def manifest_location(node: Location) -> Location:
@@ -129,8 +157,12 @@ def read_manifest(node: Location) -> Manifest:
     loc = manifest_location(node)
     try:
         text = loc.fs.cat_file(loc.path)
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+    except (FileNotFoundError, NotADirectoryError) as exc:
         raise NodeNotFoundError(f"no cache node at {node.url}") from exc
+    except IsADirectoryError:
+        raise CorruptManifestError(
+            f"manifest of {node.url} is a directory, not a file; {CORRUPT_REMEDY}"
+        ) from None
     return Manifest.from_json(text, where=f"manifest of {node.url}")
 
 

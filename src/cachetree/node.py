@@ -28,9 +28,9 @@ from .errors import (
 from .fingerprint import fingerprint, to_jsonable
 from .inventory import is_own_entry, scan_items
 from .layout import LOCK, MANIFEST, PARTS
-from .lock import acquire_lock, read_lock, release_lock
+from .lock import acquire_lock, break_lock, read_lock, release_lock
 from .manifest import Manifest, Status, now_iso, read_manifest, write_manifest
-from .storage import Location, validate_name
+from .storage import Location, node_path, storage_errors, validate_name
 from .writer import AsyncWriter
 
 if TYPE_CHECKING:
@@ -52,6 +52,14 @@ class OpenMode(StrEnum):
     """Uncommitted leftover of an earlier run: its partial files were discarded."""
     RECOMPUTE = "recompute"
     """Committed but stale (or corrupt): discarded and reopened for writing."""
+
+
+def _fingerprint_at(loc: Location) -> str | None:
+    """Fingerprint recorded in the manifest at ``loc`` (None when missing or corrupt)."""
+    try:
+        return read_manifest(loc).fingerprint
+    except (NodeNotFoundError, CorruptManifestError):
+        return None
 
 
 def _suffixed(name: str, suffix: str) -> str:
@@ -190,12 +198,7 @@ class Node:
 
     def _parent_fingerprint(self) -> str | None:
         parent = self._parent_location()
-        if parent is None:
-            return None
-        try:
-            return read_manifest(parent).fingerprint
-        except (NodeNotFoundError, CorruptManifestError):
-            return None
+        return None if parent is None else _fingerprint_at(parent)
 
     def staleness(self, manifest: Manifest) -> str | None:
         """Why a committed ``manifest`` no longer matches this handle, or None if it does."""
@@ -227,30 +230,55 @@ class Node:
             If another live process is writing the node.
         """
         self._ensure_ancestors()
-        previous: Manifest | None = None
+        if self._reuse(self._previous_manifest()):
+            return self
+        acquire_lock(self.location)
         try:
-            previous = read_manifest(self.location)
+            # Under the lock, look again: another process may have committed the node, or a
+            # clean may have removed an empty ancestor, since the first look.
+            self._ensure_ancestors()
+            previous = self._previous_manifest()
+            if self._reuse(previous):
+                release_lock(self.location)
+                return self
+            self._begin_writing(previous)
+        except BaseException:
+            release_lock(self.location)
+            raise
+        return self
+
+    def _previous_manifest(self) -> Manifest | None:
+        """The stored manifest, or None when there is none or it is corrupt."""
+        try:
+            return read_manifest(self.location)
         except NodeNotFoundError:
-            pass
+            return None
         except CorruptManifestError as exc:
             self.stale_reason = str(exc)
             log.warning("%s", exc)
+            return None
 
-        if previous is not None and previous.status is Status.COMMITTED:
-            self.stale_reason = self.staleness(previous)
-            if self.stale_reason is None:
-                self.open_mode = OpenMode.REUSED
-                return self
-            message = f"node {self.url} is stale: {self.stale_reason}"
-            if self.on_stale == "raise":
-                raise StaleNodeError(message + "; open it with on_stale='recompute' to redo it")
-            log.warning("%s; recomputing it", message)
+    def _reuse(self, previous: Manifest | None) -> bool:
+        """Whether ``previous`` is committed and current (then :attr:`open_mode` is REUSED).
 
-        self._begin_writing(previous)
-        return self
+        Raises
+        ------
+        StaleNodeError
+            If it is committed but stale and ``on_stale="raise"``.
+        """
+        if previous is None or previous.status is not Status.COMMITTED:
+            return False
+        self.stale_reason = self.staleness(previous)
+        if self.stale_reason is None:
+            self.open_mode = OpenMode.REUSED
+            return True
+        message = f"node {self.url} is stale: {self.stale_reason}"
+        if self.on_stale == "raise":
+            raise StaleNodeError(message + "; open it with on_stale='recompute' to redo it")
+        log.warning("%s; recomputing it", message)
+        return False
 
     def _begin_writing(self, previous: Manifest | None) -> None:
-        acquire_lock(self.location)
         fingerprint_now = self.fingerprint
         keep_parts = (
             previous is not None
@@ -290,7 +318,7 @@ class Node:
         for ancestor in reversed(missing):
             ancestor.makedirs()
             parent = None if ancestor == self.root else ancestor.parent
-            parent_fp = read_manifest(parent).fingerprint if parent is not None else None
+            parent_fp = _fingerprint_at(parent) if parent is not None else None
             write_manifest(
                 ancestor,
                 Manifest(
@@ -350,6 +378,8 @@ class Node:
         manifest.status = Status.COMMITTED
         manifest.committed = now_iso()
         write_manifest(self.location, manifest)
+        if held is not None and held.is_stale():
+            break_lock(self.location)  # its writer died; the node is complete now
         release_lock(self.location)
         self._writing = False
         log.info("committed %s", self.url)
@@ -405,9 +435,15 @@ class Node:
         on_stale: OnStale | None = None,
         kind: str = "node",
     ) -> Node:
-        """A handle on the child node ``name`` (a path like ``"a/b"`` is allowed)."""
+        """A handle on the child node ``name`` (a path like ``"a/b"`` is allowed).
+
+        Raises
+        ------
+        InvalidNameError
+            If ``name`` is empty, ``"."`` or could address anything outside this node.
+        """
         return Node(
-            self.location.join(name),
+            self.location.join(node_path(name)),
             root=self.root,
             params=params,
             depends_on=depends_on,
@@ -471,9 +507,9 @@ class Node:
         Extra keyword arguments go to :func:`cachetree.omezarr.write_image`.
         """
         self._check_writable()
-        return omezarr.write_image(
-            self.item(_suffixed(name, ".ome.zarr")), data, axes=axes, name=name, **kwargs
-        )
+        target = self.item(_suffixed(name, ".ome.zarr"))
+        with storage_errors(target):
+            return omezarr.write_image(target, data, axes=axes, name=name, **kwargs)
 
     def save_labels(
         self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
@@ -494,14 +530,16 @@ class Node:
         if np.dtype(data.dtype).hasobject:
             raise InvalidDataError("object arrays cannot be saved; convert to a numeric dtype")
         arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=chunks)
-        target = zarr.create_array(
-            self.item(_suffixed(name, ".zarr")).zarr_store(),
-            shape=arr.shape,
-            dtype=arr.dtype,
-            chunks=tuple(c[0] for c in arr.chunks) if arr.size else None,
-            overwrite=True,
-        )
-        da.store(arr, target, lock=False)
+        loc = self.item(_suffixed(name, ".zarr"))
+        with storage_errors(loc):
+            target = zarr.create_array(
+                loc.zarr_store(),
+                shape=arr.shape,
+                dtype=arr.dtype,
+                chunks=tuple(c[0] for c in arr.chunks) if arr.size else None,
+                overwrite=True,
+            )
+            da.store(arr, target, lock=False)
 
     def save_text(self, name: str, text: str) -> None:
         """Save text (a ``.txt`` suffix is added when the name has none)."""

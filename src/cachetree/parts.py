@@ -19,14 +19,46 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InvalidDataError, ItemNotFoundError
+from .errors import CorruptRecordError, InvalidDataError, ItemNotFoundError
 from .fingerprint import to_jsonable
 from .layout import PARTS
 from .manifest import now_iso
-from .storage import TMP_MARK, Location, validate_name
+from .records import Field, parse_record
+from .storage import TMP_MARK, Location, storage_errors, validate_name
 from .writer import AsyncWriter
 
 PART_MARKER = "part.json"
+
+_MARKER_FIELDS = {
+    "kind": Field(str, required=True),
+    "arrays": Field(
+        dict,
+        required=True,
+        check=lambda arrays: all(
+            isinstance(a, dict)
+            and isinstance(a.get("shape"), list)
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in a["shape"])
+            and isinstance(a.get("dtype"), str)
+            for a in arrays.values()
+        ),
+        expect="an object of {shape: [int, ...], dtype: str} records",
+    ),
+    "meta": Field(dict),
+    "created": Field(str),
+    "writer": Field(dict),
+}
+
+
+def parse_marker(raw: bytes | None, *, where: str) -> dict[str, Any]:
+    """The checked contents of a part marker.
+
+    Raises
+    ------
+    CorruptRecordError
+        When the marker is empty, not JSON or has fields of the wrong type; such a part
+        counts as unfinished (clean removes it once its writer is gone).
+    """
+    return parse_record(raw, _MARKER_FIELDS, where=where, remedy="the part counts as unfinished")
 
 
 @dataclass(frozen=True)
@@ -115,35 +147,36 @@ def write_part(
         arrays; by default a private one is used. Either way the marker is written only
         after every array is done.
     """
-    validate_name(name, what="part name")
-    if not isinstance(arrays, Mapping) or not arrays:
-        raise InvalidDataError("a part needs a non-empty mapping of array names to arrays")
-    loc = parts_location(node).join(name)
-    marker = loc.raw_child(PART_MARKER)
-    marker.remove()
-    own = writer is None
-    active = writer if writer is not None else AsyncWriter(loc, save_format="npy")
-    prefix = loc.relative_to(active.root)
-    summary: dict[str, dict[str, Any]] = {}
-    try:
-        for array_name, value in arrays.items():
-            data = np.asarray(value)
-            summary[array_name] = {"shape": list(data.shape), "dtype": data.dtype.str}
-            active.write(posixpath.join(prefix, array_name) if prefix else array_name, data)
-        active.flush()
-    finally:
-        if own:
-            active.close()
-    info = {
-        "key": to_jsonable(key),
-        "kind": kind,
-        "arrays": summary,
-        "meta": to_jsonable(dict(meta or {})),
-        "created": now_iso(),
-        "writer": {"host": socket.gethostname(), "pid": os.getpid()},
-    }
-    marker.write_text(json.dumps(info))
-    return PartInfo(loc, name, **info)
+    with storage_errors(node):
+        validate_name(name, what="part name")
+        if not isinstance(arrays, Mapping) or not arrays:
+            raise InvalidDataError("a part needs a non-empty mapping of array names to arrays")
+        loc = parts_location(node).join(name)
+        marker = loc.raw_child(PART_MARKER)
+        marker.remove()
+        own = writer is None
+        active = writer if writer is not None else AsyncWriter(loc, save_format="npy")
+        prefix = loc.relative_to(active.root)
+        summary: dict[str, dict[str, Any]] = {}
+        try:
+            for array_name, value in arrays.items():
+                data = np.asarray(value)
+                summary[array_name] = {"shape": list(data.shape), "dtype": data.dtype.str}
+                active.write(posixpath.join(prefix, array_name) if prefix else array_name, data)
+            active.flush()
+        finally:
+            if own:
+                active.close()
+        info = {
+            "key": to_jsonable(key),
+            "kind": kind,
+            "arrays": summary,
+            "meta": to_jsonable(dict(meta or {})),
+            "created": now_iso(),
+            "writer": {"host": socket.gethostname(), "pid": os.getpid()},
+        }
+        marker.write_text(json.dumps(info))
+        return PartInfo(loc, name, **info)
 
 
 def _read_markers(locations: list[Location]) -> dict[str, bytes]:
@@ -157,7 +190,7 @@ def _read_markers(locations: list[Location]) -> dict[str, bytes]:
             try:
                 with open(path, "rb") as fh:
                     found[path] = fh.read()
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 pass
         return found
     result = fs.cat(paths, on_error="omit")
@@ -169,31 +202,36 @@ def _part_dirs(node: Location) -> list[Location]:
     return [root.raw_child(n) for n in sorted(root.ls()) if TMP_MARK not in n]
 
 
+def _scan_parts(node: Location) -> tuple[list[PartInfo], list[Location]]:
+    """Committed parts (valid marker) and unfinished part directories of the node."""
+    dirs = _part_dirs(node)
+    markers = _read_markers(dirs)
+    parts: list[PartInfo] = []
+    unfinished: list[Location] = []
+    for loc in dirs:
+        marker = loc.raw_child(PART_MARKER)
+        try:
+            info = parse_marker(markers.get(marker.path), where=f"part marker {marker.url}")
+        except CorruptRecordError:
+            unfinished.append(loc)  # no marker, or an unreadable one: not committed
+            continue
+        fields = ("key", "kind", "arrays", "meta", "created", "writer")
+        parts.append(PartInfo(loc, loc.name, **{k: info[k] for k in fields if k in info}))
+    return parts, unfinished
+
+
 def list_parts(node: Location, *, kind: str | Iterable[str] | None = None) -> list[PartInfo]:
     """Committed parts of the node, sorted by name (optionally only of some kinds)."""
     kinds = {kind} if isinstance(kind, str) else (set(kind) if kind is not None else None)
-    dirs = _part_dirs(node)
-    markers = _read_markers(dirs)
-    parts = []
-    for loc in dirs:
-        raw = markers.get(loc.raw_child(PART_MARKER).path)
-        if raw is None:
-            continue
-        try:
-            info = json.loads(raw)
-        except ValueError:
-            continue  # unreadable marker: the part is not committed
-        if kinds is None or info.get("kind") in kinds:
-            parts.append(PartInfo(loc, loc.name, **info))
-    return parts
+    parts, _ = _scan_parts(node)
+    return [p for p in parts if kinds is None or p.kind in kinds]
 
 
 def uncommitted_parts(node: Location) -> list[Location]:
-    """Part directories without a marker (writers that died or are still writing)."""
-    dirs = _part_dirs(node)
-    markers = _read_markers(dirs)
+    """Part directories without a valid marker (writers that died or are still writing)."""
+    _, unfinished = _scan_parts(node)
     temps = [parts_location(node).raw_child(n) for n in parts_location(node).ls() if TMP_MARK in n]
-    return [loc for loc in dirs if loc.raw_child(PART_MARKER).path not in markers] + temps
+    return unfinished + temps
 
 
 def remove_part(part: PartInfo) -> None:

@@ -10,6 +10,7 @@ a single put on object stores).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import posixpath
@@ -59,6 +60,21 @@ def validate_name(name: str, *, what: str = "name") -> str:
     if name != name.strip():
         raise InvalidNameError(f"{what} {name!r} has leading or trailing white space")
     return name
+
+
+def node_path(path: str) -> str:
+    """Check a relative node path that must name a node below the root (not the root itself).
+
+    Raises
+    ------
+    InvalidNameError
+        For an empty path, ``"."``, or anything :func:`split_node_path` rejects.
+    """
+    if not split_node_path(path):
+        raise InvalidNameError(
+            f"node path {path!r} names no node: give a name like 'step' or 'step/sub'"
+        )
+    return path
 
 
 def split_node_path(path: str) -> list[str]:
@@ -302,6 +318,19 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def storage_error(loc: Location, exc: OSError) -> StorageError:
+    """A :class:`~cachetree.errors.StorageError` naming ``loc`` and the cause of ``exc``."""
+    if isinstance(exc, StorageError):
+        return exc
+    if isinstance(exc, PermissionError) or exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageError(f"permission denied writing {loc.url}: {exc}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageError(f"no space left on the device holding {loc.url}: {exc}")
+    if exc.errno == errno.EROFS:
+        return StorageError(f"cannot write {loc.url}: the file system is read-only")
+    return StorageError(f"could not write {loc.url}: {exc}")
+
+
 @contextlib.contextmanager
 def storage_errors(loc: Location) -> Iterator[None]:
     """Turn low-level OS errors into :class:`~cachetree.errors.StorageError` naming the location."""
@@ -309,9 +338,5 @@ def storage_errors(loc: Location) -> Iterator[None]:
         yield
     except StorageError:
         raise
-    except PermissionError as exc:
-        raise StorageError(f"permission denied writing {loc.url}: {exc}") from exc
     except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
-            raise StorageError(f"no space left on the device holding {loc.url}") from exc
-        raise StorageError(f"could not write {loc.url}: {exc}") from exc
+        raise storage_error(loc, exc) from exc

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from .clean import CleanPlan, plan_clean
-from .errors import NodeNotFoundError
-from .lock import LockInfo, break_lock
+from .clean import LOCK_GRACE, PART_GRACE, CleanPlan, plan_clean
+from .errors import CorruptManifestError, LockHeldError, NodeNotFoundError
+from .lock import LockInfo, break_lock, read_lock
 from .manifest import Manifest, Status, read_manifest, write_manifest
 from .node import Node, OnStale
-from .storage import Location
+from .storage import Location, node_path
 from .walk import NodeInfo, walk
+
+log = logging.getLogger("cachetree")
 
 
 class CacheTree:
@@ -57,6 +61,10 @@ class CacheTree:
                 raise NodeNotFoundError(f"{self.root.url} is not a cache tree") from None
             self.root.makedirs()
             write_manifest(self.root, Manifest(kind="root"))
+        except CorruptManifestError as exc:
+            # A root manifest holds no results: rewriting it loses nothing.
+            log.warning("%s; rewriting it as a fresh root manifest", exc)
+            write_manifest(self.root, Manifest(kind="root"))
 
     @property
     def url(self) -> str:
@@ -68,7 +76,7 @@ class CacheTree:
 
     def node(
         self,
-        path: str = "",
+        path: str,
         params: Any = None,
         *,
         depends_on: Sequence[Node] = (),
@@ -79,9 +87,15 @@ class CacheTree:
 
         Use it as a context manager (``with tree.node(...) as node:``) to open it, write its
         items when it is not committed yet, and commit on success.
+
+        Raises
+        ------
+        InvalidNameError
+            If ``path`` is empty or ``"."`` (the root is not a step's node), absolute, or
+            contains ``..`` or a forbidden character.
         """
         return Node(
-            self.root.join(path),
+            self.root.join(node_path(path)),
             root=self.root,
             params=params,
             depends_on=depends_on,
@@ -103,17 +117,39 @@ class CacheTree:
         return walk(self.root.join(path), max_depth=max_depth)
 
     def clean(
-        self, *, dry_run: bool = True, remove: Iterable[str] = (), progress: bool = False
+        self,
+        *,
+        dry_run: bool = True,
+        remove: Iterable[str] = (),
+        progress: bool = False,
+        part_grace: float = PART_GRACE,
+        lock_grace: float = LOCK_GRACE,
     ) -> CleanPlan:
         """Plan (and unless ``dry_run``, carry out) removal of what the tree no longer needs.
 
-        See :func:`cachetree.clean.plan_clean` for what is selected.
+        Safe while other processes write the tree. See :func:`cachetree.clean.plan_clean`
+        for what is selected and :meth:`~cachetree.clean.CleanPlan.execute` for how it is
+        deleted.
         """
-        plan = plan_clean(self.root, remove=remove)
+        plan = plan_clean(self.root, remove=remove, part_grace=part_grace, lock_grace=lock_grace)
         if not dry_run:
             plan.execute(progress=progress)
         return plan
 
-    def unlock(self, path: str = "") -> LockInfo | None:
-        """Break the owner lock of a node, e.g. after its writer died on another host."""
-        return break_lock(self[path].location)
+    def unlock(self, path: str = "", *, force: bool = False) -> LockInfo | None:
+        """Break the owner lock of a node (``""``: the root), e.g. after its writer died.
+
+        Raises
+        ------
+        LockHeldError
+            If a live process on this host holds the lock and ``force`` is False.
+        """
+        loc = self.root if path == "" else self[path].location
+        held = read_lock(loc)
+        alive_here = held is not None and held.host == socket.gethostname() and not held.is_stale()
+        if alive_here and not force:
+            raise LockHeldError(
+                f"{loc.url} is being {held.describe()}, which is still running; "
+                "stop that process first (or pass --force)"
+            )
+        return break_lock(loc)

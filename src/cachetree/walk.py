@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CorruptManifestError
+from .errors import CorruptManifestError, CorruptRecordError
 from .inventory import is_own_entry
 from .layout import LOCK, MANIFEST, PARTS
-from .lock import LockInfo
-from .manifest import Manifest, Status
+from .lock import LockInfo, parse_lock
+from .manifest import CORRUPT_REMEDY, Manifest, Status
+from .parts import parse_marker
 from .storage import Location
 
 
@@ -103,6 +103,10 @@ class NodeInfo:
         return self.manifest.committed or self.manifest.created
 
 
+IS_DIRECTORY = b"<a directory>"
+"""What :meth:`_Lister.read_many` gives for a path that is a directory, not a file."""
+
+
 class _Lister:
     """Directory listing and bulk manifest reads for one filesystem."""
 
@@ -146,18 +150,11 @@ class _Lister:
                         found[path] = fh.read()
                 except (FileNotFoundError, NotADirectoryError):
                     pass
+                except IsADirectoryError:
+                    found[path] = IS_DIRECTORY
             return found
         result = self.fs.cat(paths, on_error="omit")
         return result if isinstance(result, dict) else {paths[0]: result}
-
-
-def _lock_of(raw: bytes | None) -> LockInfo | None:
-    if raw is None:
-        return None
-    try:
-        return LockInfo(**json.loads(raw))
-    except (ValueError, TypeError):
-        return LockInfo(host="?", pid=-1, started=None, acquired="?", token="?")
 
 
 def walk(root: Location, *, max_depth: int | None = None) -> Iterator[NodeInfo]:
@@ -195,7 +192,12 @@ def _walk_node(
     manifests = lister.read_many([posixpath.join(path, d, MANIFEST) for d in candidates])
     children = [d for d in candidates if posixpath.join(path, d, MANIFEST) in manifests]
     lock_path = posixpath.join(path, LOCK)
-    writer = _lock_of(lister.read_many([lock_path]).get(lock_path)) if LOCK in files else None
+    writer = None
+    if LOCK in files or LOCK in dirs:
+        raw_lock = lister.read_many([lock_path]).get(lock_path)
+        if raw_lock is not None:
+            raw_lock = None if raw_lock is IS_DIRECTORY else raw_lock
+            writer = parse_lock(raw_lock, where=f"lock file {lock_path}")
     has_parts = PARTS in dirs and _has_pending_parts(lister, posixpath.join(path, PARTS))
     info = _node_info(root, path, raw, parent_fp, depth, writer, has_parts, children)
     yield info
@@ -226,8 +228,8 @@ def _has_pending_parts(lister: _Lister, parts_dir: str) -> bool:
         marker = posixpath.join(parts_dir, name, "part.json")
         raw = lister.read_many([marker]).get(marker)
         try:
-            kind = json.loads(raw).get("kind") if raw is not None else None
-        except ValueError:
+            kind = parse_marker(raw, where=marker).get("kind")
+        except CorruptRecordError:
             kind = None
         if kind not in _KEPT_KINDS:
             return True
@@ -255,6 +257,10 @@ def _node_info(
         has_parts=has_parts,
     )
     try:
+        if raw is IS_DIRECTORY:
+            raise CorruptManifestError(
+                f"manifest of {loc.url} is a directory, not a file; {CORRUPT_REMEDY}"
+            )
         manifest = Manifest.from_json(raw, where=f"manifest of {loc.url}")
     except CorruptManifestError as exc:
         return NodeInfo(status=Status.CORRUPT, error=str(exc), **common)
