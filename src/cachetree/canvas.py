@@ -71,6 +71,7 @@ from .errors import (
     NonFiniteValueError,
     ShapeMismatchError,
 )
+from .layout import CANVAS_JSON
 from .node import Node
 from .omezarr import ImageInfo, read_image
 from .parts import PART_MARKER, PartInfo, list_parts, parts_location, remove_part, write_part
@@ -110,7 +111,6 @@ TASK_KIND = "canvas-task"
 """Part kind of a task marker: the spill parts one task's successful attempt wrote."""
 PLAN_KIND = "canvas-plan"
 """Part kind of the plan of a canvas merged by several processes: its spec and task ids."""
-CANVAS_JSON = "canvas.json"
 """Item written by :meth:`Canvas.finalize`: the spec and which images are canvas heads."""
 PROGRESS = "progress.json"
 SPEC_VERSION = 1

@@ -9,8 +9,8 @@ parts area of each node (``.cachetree-parts``):
 * in committed nodes, parts already combined into the results (a combine killed after its
   commit leaves them), and — once no part waits to be combined — the shared inputs and the
   combiner setting;
-* in committed nodes, unfinished parts whoever wrote them (a committed node takes no more),
-  and keyed-store files that the store's inventory does not list.
+* in finalised canvases, unfinished parts whoever wrote them (the spill a killed finalize
+  left), and in committed nodes keyed-store files that the store's inventory does not list.
 
 Parts that wait to be combined are never selected.
 
@@ -40,7 +40,7 @@ from .errors import (
     NodeNotFoundError,
 )
 from .inventory import is_own_entry
-from .layout import LOCK, MANIFEST, PARTS
+from .layout import CANVAS_JSON, LOCK, MANIFEST, PARTS
 from .lock import LockInfo, acquire_lock, release_lock
 from .manifest import Status, read_manifest
 from .storage import TMP_MARK, Location, split_node_path
@@ -486,9 +486,12 @@ def _part_leftovers(loc: Location, *, committed: bool, grace: float) -> list[Cle
     parts_dir = loc.raw_child(PARTS)
     unfinished = uncommitted_parts(loc)
     now = time.time()
-    # A committed node takes no more parts: whatever is unfinished there is a leftover (of a
-    # canvas killed while removing its spill, say), whoever wrote it.
-    dead = unfinished if committed else [u for u in unfinished if _writer_gone(u, grace, now)]
+    # A finalised canvas takes no more parts: what is unfinished there is spill its finalize
+    # was killed while removing, whoever wrote it.
+    if committed and loc.raw_child(CANVAS_JSON).exists():
+        dead = unfinished
+    else:
+        dead = [u for u in unfinished if _writer_gone(u, grace, now)]
     entries = [CleanEntry(u, u.du(), "unfinished part whose writer is gone") for u in dead]
     if committed:
         parts = list_parts(loc)

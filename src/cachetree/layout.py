@@ -9,4 +9,8 @@ LOCK = ".cachetree.lock"
 PARTS = ".cachetree-parts"
 """Directory of individually committed parts; survives a re-initialisation of its node."""
 
+CANVAS_JSON = "canvas.json"
+"""Item a finalised canvas writes beside its heads (its spec); a node holding it takes no
+more parts, so anything unfinished in its parts area is a leftover."""
+
 RESERVED = (MANIFEST, LOCK, PARTS)

@@ -103,8 +103,7 @@ class NodeInfo:
         return self.manifest.committed or self.manifest.created
 
 
-IS_DIRECTORY = b"<a directory>"
-"""What :meth:`_Lister.read_many` gives for a path that is a directory, not a file."""
+_IS_DIRECTORY = b"<a directory>"  # what _Lister.read_many gives for a directory
 
 
 class _Lister:
@@ -151,7 +150,7 @@ class _Lister:
                 except (FileNotFoundError, NotADirectoryError):
                     pass
                 except IsADirectoryError:
-                    found[path] = IS_DIRECTORY
+                    found[path] = _IS_DIRECTORY
             return found
         result = self.fs.cat(paths, on_error="omit")
         return result if isinstance(result, dict) else {paths[0]: result}
@@ -196,7 +195,7 @@ def _walk_node(
     if LOCK in files or LOCK in dirs:
         raw_lock = lister.read_many([lock_path]).get(lock_path)
         if raw_lock is not None:
-            raw_lock = None if raw_lock is IS_DIRECTORY else raw_lock
+            raw_lock = None if raw_lock is _IS_DIRECTORY else raw_lock
             writer = parse_lock(raw_lock, where=f"lock file {lock_path}")
     has_parts = PARTS in dirs and _has_pending_parts(lister, posixpath.join(path, PARTS))
     info = _node_info(root, path, raw, parent_fp, depth, writer, has_parts, children)
@@ -257,7 +256,7 @@ def _node_info(
         has_parts=has_parts,
     )
     try:
-        if raw is IS_DIRECTORY:
+        if raw is _IS_DIRECTORY:
             raise CorruptManifestError(
                 f"manifest of {loc.url} is a directory, not a file; {CORRUPT_REMEDY}"
             )
