@@ -17,6 +17,14 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"gui test skipped on CI (CI={os.environ['CI']!r}): {report.longrepr}"
 
 
+@pytest.fixture
+def tree(tmp_path):
+    """An empty cache tree in a fresh folder (test modules needing content override it)."""
+    from cachetree import CacheTree
+
+    return CacheTree(tmp_path / "root")
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A moto S3 server on loopback for the whole session (fsspec's ``s3`` points at it)."""

@@ -134,11 +134,6 @@ def grid_boxes(shape, patch, stride, offset):
     return np.array([[x, y, x + w, y + h] for y in ys for x in xs], np.int64)
 
 
-@pytest.fixture
-def tree(tmp_path):
-    return CacheTree(tmp_path / "tree")
-
-
 # -- properties -----------------------------------------------------------------------------
 HEAD_SETS = [
     {"p": HeadSpec(1)},

@@ -46,11 +46,6 @@ USER = "tests.workers.combiners"
 
 
 @pytest.fixture
-def tree(tmp_path):
-    return CacheTree(tmp_path / "root")
-
-
-@pytest.fixture
 def no_hook():
     yield
     combine_module._STAGE_HOOK = None

@@ -69,3 +69,27 @@ def test_core_imports_without_gui_modules():
     assert result["gui"] == [], (
         f"importing {result['imported']} pulled in GUI modules: {result['gui']}"
     )
+
+
+def test_import_cachetree_is_light_and_exports_lazily():
+    """``import cachetree`` loads neither zarr nor dask; the main API names still resolve."""
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import cachetree
+        heavy = sorted(m for m in ("zarr", "dask", "dask.array") if m in sys.modules)
+        api = [n for n in cachetree.__all__ if n != "__version__"]
+        names = {n: getattr(cachetree, n).__module__ for n in api}
+        print(json.dumps({"heavy": heavy, "names": names}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    names = result["names"]
+    assert names["Canvas"].startswith("cachetree.canvas")
+    assert names["add_part"] == names["merge"] == names["split"] == "cachetree.combine"
+    assert names["KeyedStore"] == "cachetree.keyed" and names["AsyncWriter"] == "cachetree.writer"

@@ -15,11 +15,6 @@ from cachetree.errors import FinalizedError, InvalidDataError, KeyLookupError, S
 from cachetree.keyed import INVENTORY, KeyedStore, canonical_key, key_filename
 
 
-@pytest.fixture
-def tree(tmp_path):
-    return CacheTree(tmp_path / "root")
-
-
 def arr(i: int, shape=(3, 4)) -> np.ndarray:
     return np.arange(np.prod(shape), dtype=np.float32).reshape(shape) + i
 

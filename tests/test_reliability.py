@@ -28,11 +28,6 @@ WORKERS = Path(__file__).parent / "workers"
 ENV = {**os.environ, "PYTHONPATH": str(WORKERS.parents[1])}
 
 
-@pytest.fixture
-def tree(tmp_path):
-    return CacheTree(tmp_path / "root")
-
-
 def _spawn(*args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from cachetree import (
-    CacheTree,
     OpenMode,
     Status,
     cache_node_for,
@@ -26,11 +25,6 @@ from cachetree.errors import (
     UncommittedChildrenError,
 )
 from cachetree.layout import LOCK, MANIFEST, PARTS
-
-
-@pytest.fixture
-def tree(tmp_path):
-    return CacheTree(tmp_path / "root")
 
 
 def test_node_context_commits_on_success(tree):

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from . import omezarr
 from .errors import (
     CorruptManifestError,
     FinalizedError,
@@ -35,6 +34,7 @@ from .writer import AsyncWriter
 
 if TYPE_CHECKING:
     from .keyed import KeyedStore
+    from .omezarr import ImageInfo
 
 log = logging.getLogger("cachetree")
 
@@ -501,19 +501,21 @@ class Node:
 
     def save_image(
         self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
-    ) -> omezarr.ImageInfo:
+    ) -> ImageInfo:
         """Save an image (numpy or dask, 2-D to 5-D) as an OME-Zarr pyramid ``name.ome.zarr``.
 
         Extra keyword arguments go to :func:`cachetree.omezarr.write_image`.
         """
         self._check_writable()
         target = self.item(_suffixed(name, ".ome.zarr"))
+        from .omezarr import write_image
+
         with storage_errors(target):
-            return omezarr.write_image(target, data, axes=axes, name=name, **kwargs)
+            return write_image(target, data, axes=axes, name=name, **kwargs)
 
     def save_labels(
         self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
-    ) -> omezarr.ImageInfo:
+    ) -> ImageInfo:
         """Save an integer label image as an OME-Zarr labels pyramid ``name.ome.zarr``."""
         return self.save_image(name, data, axes=axes, labels=True, **kwargs)
 
@@ -606,7 +608,9 @@ class Node:
 
     def open_image(self, name: str) -> list[Any]:
         """The lazy (dask) pyramid of image or labels ``name``, full resolution first."""
-        return omezarr.open_image(self._find(name, (".ome.zarr", "")))
+        from .omezarr import open_image
+
+        return open_image(self._find(name, (".ome.zarr", "")))
 
     def open_array(self, name: str) -> Any:
         """A plain Zarr array item as a lazy dask array."""
