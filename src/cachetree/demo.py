@@ -31,9 +31,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .canvas import Canvas
-from .cdir import cdir_query
-from .combine import add_part, combine, set_combiner
+from .results.combine import add_part, combine, set_combiner
 from .tree import CacheTree
+from .tree.cdir import cdir_query
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
 """Folder of the shipped sample data (``ihc.npz``)."""

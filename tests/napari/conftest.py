@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from cachetree import CacheTree
-from cachetree.combine import add_part, set_combiner
-from cachetree.layout import MANIFEST
+from cachetree.results.combine import add_part, set_combiner
+from cachetree.tree.layout import MANIFEST
 
 
 def png_bytes(height: int = 24, width: int = 32) -> bytes:
