@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import uuid
 
 import numpy as np
@@ -59,8 +57,8 @@ def test_remote_lock_is_exclusive(root_url):
     tree = CacheTree(root_url)
     location = tree.node("n").location
     location.makedirs()
-    foreign = LockInfo(host="another-host", pid=1, started=0.0, acquired="then", token="t")
-    lock_location(location).write_text(json.dumps(dataclasses.asdict(foreign)))
+    foreign = LockInfo(host="another-host", pid=1, started=0.0, token="t")
+    lock_location(location).write_bytes(foreign.to_json())
     assert not foreign.is_stale()  # a lock of another host is never assumed dead
     with pytest.raises(LockHeldError, match="another-host"):
         acquire_lock(location)
