@@ -28,7 +28,7 @@ def test_import_contracts_are_kept():
     ("old", "new", "name"),
     [
         ("cachetree.node", "cachetree.tree.node", "Node"),
-        ("cachetree.combine", "cachetree.results.combine", "combine"),
+        ("cachetree.combine", "cachetree.results", "combine"),
         ("cachetree.omezarr", "cachetree.images.ngff", "write_image"),
         ("cachetree.storage", "cachetree.fs.location", "Location"),
     ],

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from cachetree import CacheTree, Status
-from cachetree import combine as combine_module
 from cachetree.cli import main
 from cachetree.errors import (
     IncompatibleError,
@@ -25,7 +24,7 @@ from cachetree.errors import (
     ShapeMismatchError,
     UnknownCombinerError,
 )
-from cachetree.results.combine import (
+from cachetree.results import (
     add_part,
     add_shared,
     check_merge,
@@ -35,6 +34,7 @@ from cachetree.results.combine import (
     set_combiner,
     split,
 )
+from cachetree.results import combining as combine_module
 from cachetree.tree.clean import plan_clean
 from cachetree.tree.layout import PARTS
 from cachetree.tree.lock import LockInfo
@@ -524,7 +524,7 @@ def test_memory_filesystem_combine_and_merge():
 
 def test_walk_state_has_parts_only_while_parts_wait(tmp_path):
     from cachetree import CacheTree
-    from cachetree.results.combine import add_part, add_shared, combine, set_combiner
+    from cachetree.results import add_part, add_shared, combine, set_combiner
 
     tree = CacheTree(tmp_path / "t")
     node = tree.node("n").open()

@@ -328,7 +328,7 @@ def test_cli_and_napari_on_s3(client, expected, s3_root, tmp_path):
     assert_matches(node.location, expected)
 
     # keyed parts written by cluster workers into an S3 node, combined by `cachetree combine`
-    from cachetree.results.combine import add_part, set_combiner
+    from cachetree.results import add_part, set_combiner
 
     keyed = tree.node("density", params={"k": 1}).open()
     set_combiner(keyed, "canvas-mean")

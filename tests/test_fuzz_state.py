@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from cachetree import CacheTree
 from cachetree.cli import main as cli
 from cachetree.errors import CacheTreeError
-from cachetree.results.combine import add_part, combine, set_combiner
+from cachetree.results import add_part, combine, set_combiner
 from cachetree.tree.layout import LOCK, MANIFEST, PARTS
 from cachetree.tree.parts import list_parts
 

@@ -3,8 +3,8 @@
 The core (everything importable from here) needs only numpy, zarr, dask, fsspec, psutil and
 tqdm; the napari plugin lives in :mod:`cachetree.napari`. ``import cachetree`` is light: the
 canvas, combine, keyed stores and the writer (which bring in zarr and dask) are loaded on
-first use of their names. (``combine`` itself stays :func:`cachetree.results.combine.combine`:
-the alias kept for the module's old path would shadow a top-level function of that name.)
+first use of their names. (``combine`` itself is :func:`cachetree.results.combine`: the alias
+kept for the old path of its module would shadow a top-level function of that name.)
 """
 
 import importlib
@@ -24,9 +24,9 @@ _LAZY = {
     "AsyncWriter": "cachetree.fs.writer",
     "Canvas": "cachetree.canvas",
     "KeyedStore": "cachetree.tree.keyed",
-    "add_part": "cachetree.results.combine",
-    "merge": "cachetree.results.combine",
-    "split": "cachetree.results.combine",
+    "add_part": "cachetree.results",
+    "merge": "cachetree.results",
+    "split": "cachetree.results",
 }
 
 

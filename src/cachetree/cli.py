@@ -18,6 +18,8 @@ from .tree.manifest import Status
 from .tree.node import Node
 from .tree.walk import NodeInfo, walk
 
+__all__ = ["build_parser", "main"]
+
 
 def _tree_line(info: NodeInfo) -> str:
     label = ("  " * info.depth) + (info.name or "/")
@@ -127,7 +129,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
     OME-Zarr heads; other nodes go through their combiner.
     """
     from .distributed import finalize_canvas, is_distributed_canvas
-    from .results.combine import combine
+    from .results import combine
 
     node = Node(Location.from_url(args.node))
     if node.status is Status.MISSING:

@@ -1,5 +1,5 @@
-"""Moved to :mod:`cachetree.results.combine` (this old path works until the next release)."""
+"""Moved to :mod:`cachetree.results` (this old path works until the next release)."""
 
 from ._moved import alias
 
-alias(__name__, "cachetree.results.combine")
+alias(__name__, "cachetree.results")

@@ -13,7 +13,7 @@ from cachetree import CacheTree
 from cachetree.napari._actions import CleanWidget, CombineWidget, CommitWidget
 from cachetree.napari._browser import ROLE, STATUS, CacheTreeBrowser
 from cachetree.napari._selection import selection_for
-from cachetree.results.combine import add_part, set_combiner
+from cachetree.results import add_part, set_combiner
 from cachetree.tree.keyed import KeyedStore
 from cachetree.tree.manifest import Status
 

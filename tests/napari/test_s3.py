@@ -8,7 +8,7 @@ import pytest
 from cachetree import CacheTree, Status
 from cachetree.napari._actions import CombineWidget
 from cachetree.napari._browser import ROLE, CacheTreeBrowser
-from cachetree.results.combine import add_part, set_combiner
+from cachetree.results import add_part, set_combiner
 
 from .conftest import wait_idle
 

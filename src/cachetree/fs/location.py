@@ -24,6 +24,21 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import InvalidNameError, NodeNotFoundError, StorageError
 
+__all__ = [
+    "RESERVED_PREFIX",
+    "TMP_MARK",
+    "Location",
+    "atomic_write_local",
+    "fsync_path",
+    "node_path",
+    "split_node_path",
+    "storage_error",
+    "storage_errors",
+    "temp_name",
+    "validate_name",
+]
+
+
 TMP_MARK = ".tmp-"
 """Infix of temporary file names; anything carrying it is a leftover once its writer is gone."""
 

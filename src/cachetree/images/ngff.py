@@ -30,6 +30,26 @@ from tqdm import tqdm
 from ..errors import DTypeMismatchError, InvalidDataError, NodeNotFoundError, ShapeMismatchError
 from ..fs.location import Location, fsync_path, temp_name
 
+__all__ = [
+    "AXIS_ORDER",
+    "DEFAULT_TILE",
+    "NGFF_VERSION",
+    "ImageInfo",
+    "check_axes",
+    "check_channel_names",
+    "check_dtype",
+    "check_extra_attrs",
+    "default_name",
+    "is_ome_zarr",
+    "level_shapes",
+    "multiscales_metadata",
+    "omero_metadata",
+    "open_image",
+    "read_image",
+    "write_image",
+]
+
+
 NGFF_VERSION = "0.4"
 AXIS_ORDER = "tczyx"
 """Every valid axes string is a subsequence of this that includes ``y`` and ``x``."""

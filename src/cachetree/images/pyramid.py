@@ -18,7 +18,7 @@ import math
 import os
 import posixpath
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -314,15 +314,6 @@ class ImageWriter:
         except FileNotFoundError:
             return None
 
-    def written_paths(self, level: int = 0) -> Iterator[str]:
-        """Paths of the chunk files of ``level`` that exist (local images only)."""
-        top = posixpath.join(self.location.path, str(level))
-        for dirpath, _dirs, files in os.walk(top):
-            for name in files:
-                if not name.startswith("."):
-                    yield os.path.join(dirpath, name)
-
-    # -- pyramid --------------------------------------------------------------------------
     def build_levels(self, *, workers: int = 2, progress: bool = False) -> None:
         """Fill levels 1..n, each from the level below (2x2 mean), chunk by chunk.
 
@@ -432,14 +423,6 @@ class PyramidAssembler:
         self.writer = writer
         self._pending: dict[tuple[int, ...], list[Any]] = {}
         self._lock = threading.Lock()
-
-    @property
-    def pending_bytes(self) -> int:
-        """Bytes held in quarters of chunks not complete yet."""
-        with self._lock:
-            return sum(
-                q.nbytes for e in self._pending.values() for q in e[0].values() if q is not None
-            )
 
     def _expected(self, level: int, index: tuple[int, ...]) -> int:
         *_, gy, gx = self.writer.grid(level - 1)

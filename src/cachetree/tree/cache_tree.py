@@ -16,6 +16,11 @@ from .manifest import Manifest, Status, read_manifest, write_manifest
 from .node import Node, OnStale
 from .walk import NodeInfo, walk
 
+__all__ = [
+    "CacheTree",
+]
+
+
 log = logging.getLogger("cachetree")
 
 

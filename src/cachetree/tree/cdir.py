@@ -23,6 +23,15 @@ from ..fs.location import Location
 from .manifest import Status
 from .node import Node, OnStale, OpenMode
 
+__all__ = [
+    "CacheQuery",
+    "cache_node_for",
+    "cdir_commit",
+    "cdir_init",
+    "cdir_query",
+]
+
+
 _OPEN: dict[str, Node] = {}
 """Nodes this process opened with cdir_init and has not committed yet."""
 

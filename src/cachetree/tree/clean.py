@@ -4,7 +4,7 @@ Besides leftovers of crashed runs, stale nodes and temporary files, clean looks 
 parts area of each node (``.cachetree-parts``):
 
 * unfinished parts (no ``part.json`` marker) whose writer is gone: its process is dead
-  (same host, recorded by :func:`cachetree.results.combine.add_part`), or nothing in the part
+  (same host, recorded by :func:`cachetree.results.add_part`), or nothing in the part
   changed for ``part_grace`` seconds;
 * in committed nodes, parts already combined into the results (a combine killed after its
   commit leaves them), and — once no part waits to be combined — the shared inputs and the
@@ -52,7 +52,7 @@ __all__ = ["LOCK_GRACE", "PART_GRACE", "YOUNG", "CleanEntry", "CleanPlan", "plan
 
 PART_GRACE = 3600.0
 """Seconds after its last change that an unfinished part whose writer cannot be checked
-(another host, or written without :func:`cachetree.results.combine.add_part`) counts as
+(another host, or written without :func:`cachetree.results.add_part`) counts as
 abandoned."""
 
 LOCK_GRACE = 86400.0

@@ -20,6 +20,11 @@ import numpy as np
 
 from ..errors import InvalidDataError
 
+__all__ = [
+    "fingerprint",
+    "to_jsonable",
+]
+
 
 def to_jsonable(value: Any) -> Any:
     """Canonical JSON-compatible form of ``value`` (arrays become a hash summary).

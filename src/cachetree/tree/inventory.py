@@ -9,6 +9,15 @@ from typing import Any
 from ..fs.location import TMP_MARK, Location
 from .layout import LOCK, MANIFEST, PARTS
 
+__all__ = [
+    "classify_dir",
+    "classify_file",
+    "is_own_entry",
+    "scan_items",
+    "zarr_attrs",
+]
+
+
 _SUFFIX_KINDS = {
     ".txt": "log",
     ".log": "log",

@@ -1,5 +1,13 @@
 """Names of the files cachetree keeps inside a node directory."""
 
+__all__ = [
+    "CANVAS_JSON",
+    "LOCK",
+    "MANIFEST",
+    "PARTS",
+]
+
+
 MANIFEST = ".cachetree.json"
 """Per-node state; written first as ``open`` and last, atomically, as ``committed``."""
 
@@ -12,5 +20,3 @@ PARTS = ".cachetree-parts"
 CANVAS_JSON = "canvas.json"
 """Item a finalised canvas writes beside its heads (its spec); a node holding it takes no
 more parts, so anything unfinished in its parts area is a leftover."""
-
-RESERVED = (MANIFEST, LOCK, PARTS)

@@ -15,6 +15,16 @@ from ..fs.location import Location
 from ..fs.records import Field, is_iso_time, parse_record
 from .layout import MANIFEST
 
+__all__ = [
+    "CORRUPT_REMEDY",
+    "Manifest",
+    "Status",
+    "manifest_location",
+    "now_iso",
+    "read_manifest",
+    "write_manifest",
+]
+
 
 class Status(StrEnum):
     """Lifecycle state of a node as recorded in its manifest."""

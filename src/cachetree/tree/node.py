@@ -32,6 +32,13 @@ from .layout import LOCK, MANIFEST, PARTS
 from .lock import acquire_lock, break_lock, read_lock, release_lock
 from .manifest import Manifest, Status, now_iso, read_manifest, write_manifest
 
+__all__ = [
+    "Node",
+    "OnStale",
+    "OpenMode",
+]
+
+
 if TYPE_CHECKING:
     from ..images.ngff import ImageInfo
     from .keyed import KeyedStore

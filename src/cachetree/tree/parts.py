@@ -33,11 +33,26 @@ from .layout import PARTS
 from .lock import LockInfo, parse_lock
 from .manifest import now_iso
 
+__all__ = [
+    "PART_MARKER",
+    "WRITER_FILE",
+    "PartInfo",
+    "list_parts",
+    "parse_marker",
+    "part_id",
+    "parts_location",
+    "remove_part",
+    "uncommitted_parts",
+    "write_part",
+    "writer_of_part",
+]
+
+
 PART_MARKER = "part.json"
 
 WRITER_FILE = "writer.json"
 """Written into a part directory before any array by writers that record themselves
-(:func:`cachetree.results.combine.add_part`): who is writing it."""
+(:func:`cachetree.results.add_part`): who is writing it."""
 
 _MARKER_FIELDS = {
     "kind": Field(str, required=True),

@@ -16,6 +16,11 @@ from .lock import LockInfo, parse_lock
 from .manifest import CORRUPT_REMEDY, Manifest, Status
 from .parts import parse_marker
 
+__all__ = [
+    "NodeInfo",
+    "walk",
+]
+
 
 @dataclass(frozen=True)
 class NodeInfo:
