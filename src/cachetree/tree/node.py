@@ -155,7 +155,7 @@ class Node:
         return self.location.name
 
     def __repr__(self) -> str:
-        return f"Node({self.url!r}, status={self.status.value})"
+        return f"Node({self.url!r})"
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -193,9 +193,11 @@ class Node:
 
     @property
     def fingerprint(self) -> str:
-        """Fingerprint of this node's params, its parent and its inputs."""
-        upstream = [self._parent_fingerprint()]
-        upstream += [dep.manifest.fingerprint for dep in self.depends_on]
+        """Fingerprint of this node's params, its parent and its inputs (reads their manifests)."""
+        return self._fingerprint_with(self._parent_fingerprint())
+
+    def _fingerprint_with(self, parent_fp: str | None) -> str:
+        upstream = [parent_fp] + [dep.manifest.fingerprint for dep in self.depends_on]
         return fingerprint(self._params_json, *upstream)
 
     def _parent_location(self) -> Location | None:
@@ -209,10 +211,13 @@ class Node:
 
     def staleness(self, manifest: Manifest) -> str | None:
         """Why a committed ``manifest`` no longer matches this handle, or None if it does."""
-        if manifest.parent_fingerprint != self._parent_fingerprint():
+        return self._staleness(manifest, self._parent_fingerprint())
+
+    def _staleness(self, manifest: Manifest, parent_fp: str | None) -> str | None:
+        if manifest.parent_fingerprint != parent_fp:
             return "its parent node was recomputed"
         checks_params = self.params is not None or self.depends_on
-        if checks_params and manifest.fingerprint != self.fingerprint:
+        if checks_params and manifest.fingerprint != self._fingerprint_with(parent_fp):
             return "it was made with different parameters or inputs"
         return None
 
@@ -236,19 +241,19 @@ class Node:
         LockHeldError
             If another live process is writing the node.
         """
-        self._ensure_ancestors()
-        if self._reuse(self._previous_manifest()):
+        parent_fp = self._ensure_ancestors()
+        if self._reuse(self._previous_manifest(), parent_fp):
             return self
         acquire_lock(self.location)
         try:
             # Under the lock, look again: another process may have committed the node, or a
             # clean may have removed an empty ancestor, since the first look.
-            self._ensure_ancestors()
+            parent_fp = self._ensure_ancestors()
             previous = self._previous_manifest()
-            if self._reuse(previous):
+            if self._reuse(previous, parent_fp):
                 release_lock(self.location)
                 return self
-            self._begin_writing(previous)
+            self._begin_writing(previous, parent_fp)
         except BaseException:
             release_lock(self.location)
             raise
@@ -265,7 +270,7 @@ class Node:
             log.warning("%s", exc)
             return None
 
-    def _reuse(self, previous: Manifest | None) -> bool:
+    def _reuse(self, previous: Manifest | None, parent_fp: str | None) -> bool:
         """Whether ``previous`` is committed and current (then :attr:`open_mode` is REUSED).
 
         Raises
@@ -275,7 +280,7 @@ class Node:
         """
         if previous is None or previous.status is not Status.COMMITTED:
             return False
-        self.stale_reason = self.staleness(previous)
+        self.stale_reason = self._staleness(previous, parent_fp)
         if self.stale_reason is None:
             self.open_mode = OpenMode.REUSED
             return True
@@ -285,8 +290,8 @@ class Node:
         log.warning("%s; recomputing it", message)
         return False
 
-    def _begin_writing(self, previous: Manifest | None) -> None:
-        fingerprint_now = self.fingerprint
+    def _begin_writing(self, previous: Manifest | None, parent_fp: str | None) -> None:
+        fingerprint_now = self._fingerprint_with(parent_fp)
         keep_parts = (
             previous is not None
             and previous.status is Status.OPEN
@@ -303,38 +308,41 @@ class Node:
             status=Status.OPEN,
             fingerprint=fingerprint_now,
             params=self._params_json,
-            parent_fingerprint=self._parent_fingerprint(),
+            parent_fingerprint=parent_fp,
             kind=self.kind,
         )
         write_manifest(self.location, manifest)
         self._writing = True
 
-    def _ensure_ancestors(self) -> None:
-        """Create missing ancestor nodes (up to the root) as open group nodes."""
+    def _ensure_ancestors(self) -> str | None:
+        """Create missing ancestor nodes (up to the root) as open group nodes.
+
+        Returns the parent's fingerprint (None for a root or a corrupt parent): the one
+        manifest read this needs anyway is the one :meth:`open` needs.
+        """
         missing: list[Location] = []
+        found_fp: str | None = None
         loc = self._parent_location()
         while loc is not None:
             try:
-                read_manifest(loc)
+                found_fp = read_manifest(loc).fingerprint
                 break
             except NodeNotFoundError:
                 missing.append(loc)
             except CorruptManifestError:
                 break
             loc = None if loc == self.root else loc.parent
+        parent_fp = found_fp
         for ancestor in reversed(missing):
             ancestor.makedirs()
-            parent = None if ancestor == self.root else ancestor.parent
-            parent_fp = _fingerprint_at(parent) if parent is not None else None
+            own_fp = fingerprint(None, parent_fp)
             write_manifest(
                 ancestor,
-                Manifest(
-                    fingerprint=fingerprint(None, parent_fp),
-                    parent_fingerprint=parent_fp,
-                    kind="group",
-                ),
+                Manifest(fingerprint=own_fp, parent_fingerprint=parent_fp, kind="group"),
             )
+            parent_fp = own_fp
         self.location.makedirs()
+        return parent_fp
 
     def _discard_own_files(self, *, keep_parts: bool) -> None:
         children = set(self.child_names())
