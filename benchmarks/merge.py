@@ -62,7 +62,7 @@ def run_naive(args: argparse.Namespace, out: Path) -> None:
     import numpy as np
     import zarr
 
-    from cachetree.pyramid import default_compressor
+    from cachetree.images.pyramid import default_compressor
 
     batches, pool = make_batches(args)
     H = W = args.size

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from cachetree import CacheTree
-from cachetree.layout import MANIFEST
+from cachetree.tree.layout import MANIFEST
 
 
 def build(root: Path, nodes: int, fanout: int) -> CacheTree:

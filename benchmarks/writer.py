@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cachetree.storage import fsync_path, temp_name
-from cachetree.writer import AsyncWriter
+from cachetree.fs.location import fsync_path, temp_name
+from cachetree.fs.writer import AsyncWriter
 
 MiB = 1024**2
 

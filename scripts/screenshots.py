@@ -61,7 +61,7 @@ def spilled_canvas(root: Path, rows_sent: int = 300) -> None:
 def parts_to_combine(root: Path) -> None:
     """Four workers count nuclei per 64 px region in their quarter of the image, as parts."""
     from cachetree import CacheTree
-    from cachetree.combine import add_part, set_combiner
+    from cachetree.results import add_part, set_combiner
 
     tree = CacheTree(root)
     labels = tree.node("nuclei").open_image("nuclei")[0].compute()

@@ -19,7 +19,7 @@ from cachetree.errors import (
     NodeNotFoundError,
     NotCommittedError,
 )
-from cachetree.layout import MANIFEST
+from cachetree.tree.layout import MANIFEST
 
 
 @pytest.fixture

@@ -32,9 +32,9 @@ from cachetree.errors import (
     NonFiniteValueError,
     ShapeMismatchError,
 )
-from cachetree.omezarr import open_image, read_image
-from cachetree.parts import list_parts
-from cachetree.pyramid import ImageWriter, PyramidAssembler, build_pyramid
+from cachetree.images.ngff import open_image, read_image
+from cachetree.images.pyramid import ImageWriter, PyramidAssembler, build_pyramid
+from cachetree.tree.parts import list_parts
 
 # -- reference ------------------------------------------------------------------------------
 

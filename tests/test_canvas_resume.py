@@ -125,7 +125,7 @@ def kill_after(root: Path, order: str, batch_index: int, extra: float) -> tuple[
 
 def read_result(root: Path) -> tuple[dict, dict]:
     from cachetree import CacheTree
-    from cachetree.omezarr import open_image, read_image
+    from cachetree.images.ngff import open_image, read_image
 
     node = CacheTree(root).node("merge")
     assert node.committed
@@ -171,7 +171,7 @@ def test_sigkill_mid_merge_then_resume_gives_identical_result(tmp_path, order):
         assert got_meta[name].contrast_limits == want_meta[name].contrast_limits
 
     from cachetree import CacheTree
-    from cachetree.parts import list_parts
+    from cachetree.tree.parts import list_parts
 
     node = CacheTree(interrupted).node("merge")
     assert not list_parts(node.location)  # spill and checkpoint parts are gone

@@ -15,10 +15,16 @@ import numpy as np
 import pytest
 
 from cachetree import CacheTree, Status
-from cachetree import combine as combine_module
-from cachetree.clean import plan_clean
 from cachetree.cli import main
-from cachetree.combine import (
+from cachetree.errors import (
+    IncompatibleError,
+    InvalidDataError,
+    KeyLookupError,
+    NotCommittedError,
+    ShapeMismatchError,
+    UnknownCombinerError,
+)
+from cachetree.results import (
     add_part,
     add_shared,
     check_merge,
@@ -28,17 +34,11 @@ from cachetree.combine import (
     set_combiner,
     split,
 )
-from cachetree.errors import (
-    IncompatibleError,
-    InvalidDataError,
-    KeyLookupError,
-    NotCommittedError,
-    ShapeMismatchError,
-    UnknownCombinerError,
-)
-from cachetree.layout import PARTS
-from cachetree.lock import LockInfo
-from cachetree.parts import list_parts
+from cachetree.results import combining as combine_module
+from cachetree.tree.clean import plan_clean
+from cachetree.tree.layout import PARTS
+from cachetree.tree.lock import LockInfo
+from cachetree.tree.parts import list_parts
 from tests.workers.combiners import KEYS, expected_mean, part_arrays, part_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -524,7 +524,7 @@ def test_memory_filesystem_combine_and_merge():
 
 def test_walk_state_has_parts_only_while_parts_wait(tmp_path):
     from cachetree import CacheTree
-    from cachetree.combine import add_part, add_shared, combine, set_combiner
+    from cachetree.results import add_part, add_shared, combine, set_combiner
 
     tree = CacheTree(tmp_path / "t")
     node = tree.node("n").open()

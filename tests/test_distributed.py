@@ -35,9 +35,9 @@ from cachetree.distributed import (
     task_status,
 )
 from cachetree.errors import IncompatibleError, InvalidDataError, KeyLookupError
-from cachetree.omezarr import open_image
-from cachetree.parts import list_parts, parts_location, remove_part
-from cachetree.storage import Location
+from cachetree.fs.location import Location
+from cachetree.images.ngff import open_image
+from cachetree.tree.parts import list_parts, parts_location, remove_part
 from tests.workers import models
 
 pytestmark = pytest.mark.slow
@@ -328,7 +328,7 @@ def test_cli_and_napari_on_s3(client, expected, s3_root, tmp_path):
     assert_matches(node.location, expected)
 
     # keyed parts written by cluster workers into an S3 node, combined by `cachetree combine`
-    from cachetree.combine import add_part, set_combiner
+    from cachetree.results import add_part, set_combiner
 
     keyed = tree.node("density", params={"k": 1}).open()
     set_combiner(keyed, "canvas-mean")

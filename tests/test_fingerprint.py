@@ -13,7 +13,7 @@ import enum
 import numpy as np
 import pytest
 
-from cachetree.fingerprint import fingerprint
+from cachetree.tree.fingerprint import fingerprint
 
 
 class Mode(enum.Enum):

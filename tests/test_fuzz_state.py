@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 from cachetree import CacheTree
 from cachetree.cli import main as cli
-from cachetree.combine import add_part, combine, set_combiner
 from cachetree.errors import CacheTreeError
-from cachetree.layout import LOCK, MANIFEST, PARTS
-from cachetree.parts import list_parts
+from cachetree.results import add_part, combine, set_combiner
+from cachetree.tree.layout import LOCK, MANIFEST, PARTS
+from cachetree.tree.parts import list_parts
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),

@@ -91,5 +91,8 @@ def test_import_cachetree_is_light_and_exports_lazily():
     assert result["heavy"] == []
     names = result["names"]
     assert names["Canvas"].startswith("cachetree.canvas")
-    assert names["add_part"] == names["merge"] == names["split"] == "cachetree.combine"
-    assert names["KeyedStore"] == "cachetree.keyed" and names["AsyncWriter"] == "cachetree.writer"
+    assert all(names[n].startswith("cachetree.results.") for n in ("add_part", "merge", "split"))
+    assert (
+        names["KeyedStore"] == "cachetree.tree.keyed"
+        and names["AsyncWriter"] == "cachetree.fs.writer"
+    )

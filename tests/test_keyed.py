@@ -9,10 +9,10 @@ import weakref
 import numpy as np
 import pytest
 
-import cachetree.keyed as keyed_module
+import cachetree.tree.keyed as keyed_module
 from cachetree import CacheTree, Status
 from cachetree.errors import FinalizedError, InvalidDataError, KeyLookupError, ShapeMismatchError
-from cachetree.keyed import INVENTORY, KeyedStore, canonical_key, key_filename
+from cachetree.tree.keyed import INVENTORY, KeyedStore, canonical_key, key_filename
 
 
 def arr(i: int, shape=(3, 4)) -> np.ndarray:

@@ -21,7 +21,7 @@ from cachetree.errors import (
     NodeNotFoundError,
     ShapeMismatchError,
 )
-from cachetree.omezarr import ImageInfo, is_ome_zarr, open_image, read_image, write_image
+from cachetree.images.ngff import ImageInfo, is_ome_zarr, open_image, read_image, write_image
 
 
 def _ref_mean(a: np.ndarray) -> np.ndarray:
@@ -307,6 +307,7 @@ def test_ome_zarr_py_reader(tmp_path):
 
 def test_napari_ome_zarr_reader_image(tmp_path):
     import napari_ome_zarr
+
     data = _rng_data((2, 40, 33), np.float32)
     path = tmp_path / "img.zarr"
     write_image(path, data, chunks=16, min_size=16, scale=(0.5, 0.5))
@@ -327,6 +328,7 @@ def test_napari_ome_zarr_reader_image(tmp_path):
 
 def test_napari_ome_zarr_reader_labels(tmp_path):
     import napari_ome_zarr
+
     data = np.random.default_rng(3).integers(0, 9, (3, 40, 33)).astype(np.uint16)
     # the reader looks for a parent image two directories up: keep that inside tmp_path
     path = tmp_path / "image" / "labels" / "seg.zarr"

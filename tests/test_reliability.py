@@ -20,8 +20,8 @@ from cachetree.errors import (
     InvalidNameError,
     LockHeldError,
 )
-from cachetree.layout import LOCK, MANIFEST, PARTS
-from cachetree.lock import acquire_lock, read_lock
+from cachetree.tree.layout import LOCK, MANIFEST, PARTS
+from cachetree.tree.lock import acquire_lock, read_lock
 from tests.workers.churn_nodes import content, node_path
 
 WORKERS = Path(__file__).parent / "workers"

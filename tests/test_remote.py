@@ -9,7 +9,7 @@ import pytest
 
 from cachetree import CacheTree, OpenMode, Status, cdir_commit, cdir_init, cdir_query
 from cachetree.errors import LockHeldError
-from cachetree.lock import LockInfo, acquire_lock, break_lock, lock_location
+from cachetree.tree.lock import LockInfo, acquire_lock, break_lock, lock_location
 
 
 @pytest.fixture(params=["memory", "s3"])

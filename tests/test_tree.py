@@ -24,7 +24,7 @@ from cachetree.errors import (
     StorageError,
     UncommittedChildrenError,
 )
-from cachetree.layout import LOCK, MANIFEST, PARTS
+from cachetree.tree.layout import LOCK, MANIFEST, PARTS
 
 
 def test_node_context_commits_on_success(tree):

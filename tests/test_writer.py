@@ -1,4 +1,4 @@
-"""Tests of cachetree.writer.AsyncWriter: formats, atomicity, backpressure, errors, SIGKILL."""
+"""Tests of cachetree.fs.writer.AsyncWriter: formats, atomicity, backpressure, errors, SIGKILL."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ import pytest
 import zarr
 
 from cachetree.errors import FinalizedError, InvalidDataError, InvalidNameError, StorageError
-from cachetree.storage import TMP_MARK, Location
-from cachetree.writer import AsyncWriter, DictMode, SaveFormat
+from cachetree.fs.location import TMP_MARK, Location
+from cachetree.fs.writer import AsyncWriter, DictMode, SaveFormat
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 WAIT = 30.0  # generous upper bound for anything that should happen "soon"
@@ -473,7 +473,7 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from cachetree.writer import AsyncWriter
+    from cachetree.fs.writer import AsyncWriter
 
     n = int(sys.argv[2])
     writer = AsyncWriter(sys.argv[1], workers=2, max_inflight=4, small_sync_bytes=0)

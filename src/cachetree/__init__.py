@@ -3,30 +3,30 @@
 The core (everything importable from here) needs only numpy, zarr, dask, fsspec, psutil and
 tqdm; the napari plugin lives in :mod:`cachetree.napari`. ``import cachetree`` is light: the
 canvas, combine, keyed stores and the writer (which bring in zarr and dask) are loaded on
-first use of their names. (``combine`` itself is :func:`cachetree.combine.combine`: the module
-of that name would shadow a top-level function.)
+first use of their names. (``combine`` itself is :func:`cachetree.results.combine`: the alias
+kept for the old path of its module would shadow a top-level function of that name.)
 """
 
 import importlib
 from typing import Any
 
 from ._version import __version__
-from .cdir import CacheQuery, cache_node_for, cdir_commit, cdir_init, cdir_query
-from .clean import CleanPlan
 from .errors import CacheTreeError
-from .manifest import Manifest, Status
-from .node import Node, OpenMode
-from .storage import Location
+from .fs.location import Location
 from .tree import CacheTree
-from .walk import NodeInfo
+from .tree.cdir import CacheQuery, cache_node_for, cdir_commit, cdir_init, cdir_query
+from .tree.clean import CleanPlan
+from .tree.manifest import Manifest, Status
+from .tree.node import Node, OpenMode
+from .tree.walk import NodeInfo
 
 _LAZY = {
-    "AsyncWriter": "cachetree.writer",
+    "AsyncWriter": "cachetree.fs.writer",
     "Canvas": "cachetree.canvas",
-    "KeyedStore": "cachetree.keyed",
-    "add_part": "cachetree.combine",
-    "merge": "cachetree.combine",
-    "split": "cachetree.combine",
+    "KeyedStore": "cachetree.tree.keyed",
+    "add_part": "cachetree.results",
+    "merge": "cachetree.results",
+    "split": "cachetree.results",
 }
 
 

@@ -71,13 +71,13 @@ from .errors import (
     NonFiniteValueError,
     ShapeMismatchError,
 )
-from .layout import CANVAS_JSON
-from .node import Node
-from .omezarr import ImageInfo, read_image
-from .parts import PART_MARKER, PartInfo, list_parts, parts_location, remove_part, write_part
-from .pyramid import ImageWriter, PyramidAssembler, finite_range
-from .storage import Location, fsync_path, storage_errors, validate_name
-from .writer import AsyncWriter, SaveFormat
+from .fs.location import Location, fsync_path, storage_errors, validate_name
+from .fs.writer import AsyncWriter, SaveFormat
+from .images.ngff import ImageInfo, read_image
+from .images.pyramid import ImageWriter, PyramidAssembler, finite_range
+from .tree.layout import CANVAS_JSON
+from .tree.node import Node
+from .tree.parts import PART_MARKER, PartInfo, list_parts, parts_location, remove_part, write_part
 
 __all__ = [
     "CANVAS_JSON",
@@ -357,7 +357,7 @@ class Canvas:
         Name prefix of a worker canvas' spill parts, unique per worker attempt.
     adopt
         Spill parts written by worker canvases of the same spec (names, or
-        :class:`~cachetree.parts.PartInfo` as listed, which saves listing them again), in
+        :class:`~cachetree.tree.parts.PartInfo` as listed, which saves listing them again), in
         the order their contributions are summed: :meth:`finalize` merges them in. They
         are removed only after the node is committed.
 
@@ -1588,7 +1588,7 @@ class _SpillWriter(AsyncWriter):
     """Writes spill arrays straight to their final names, without fsync.
 
     A spill part counts only once its marker exists (written after all its arrays, by
-    :func:`~cachetree.parts.write_part`), so a killed writer never leaves a readable torn
+    :func:`~cachetree.tree.parts.write_part`), so a killed writer never leaves a readable torn
     part; durability against power loss is added by :meth:`Canvas.checkpoint`, which
     fsyncs these files (:meth:`take_unsynced`) before a checkpoint refers to them.
     """

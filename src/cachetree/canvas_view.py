@@ -36,10 +36,10 @@ from .canvas import (
     normalise_block,
 )
 from .errors import CacheTreeError, NodeNotFoundError
-from .node import Node
-from .omezarr import open_image
-from .parts import PartInfo, list_parts, parts_location
-from .storage import Location
+from .fs.location import Location
+from .images.ngff import open_image
+from .tree.node import Node
+from .tree.parts import PartInfo, list_parts, parts_location
 
 __all__ = ["CanvasState", "canvas_state", "is_canvas", "open_canvas"]
 

@@ -9,14 +9,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .clean import LOCK_GRACE, PART_GRACE, format_bytes, plan_clean
 from .demo import DemoParams
 from .errors import CacheTreeError, CorruptManifestError
-from .manifest import Status
-from .node import Node
-from .storage import Location
+from .fs.location import Location
 from .tree import CacheTree
-from .walk import NodeInfo, walk
+from .tree.clean import LOCK_GRACE, PART_GRACE, format_bytes, plan_clean
+from .tree.manifest import Status
+from .tree.node import Node
+from .tree.walk import NodeInfo, walk
+
+__all__ = ["build_parser", "main"]
 
 
 def _tree_line(info: NodeInfo) -> str:
@@ -126,8 +128,8 @@ def cmd_combine(args: argparse.Namespace) -> int:
     A canvas merged on a cluster (its spill parts written by workers) is finalised into its
     OME-Zarr heads; other nodes go through their combiner.
     """
-    from .combine import combine
     from .distributed import finalize_canvas, is_distributed_canvas
+    from .results import combine
 
     node = Node(Location.from_url(args.node))
     if node.status is Status.MISSING:

@@ -39,9 +39,9 @@ from tqdm import tqdm
 
 from .canvas import Canvas, HeadSpec
 from .errors import InvalidDataError, KeyLookupError, ShapeMismatchError
-from .node import Node
-from .omezarr import open_image
-from .storage import Location
+from .fs.location import Location
+from .images.ngff import open_image
+from .tree.node import Node
 
 __all__ = [
     "merge_multitask_horizontal",

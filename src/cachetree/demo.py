@@ -31,9 +31,24 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .canvas import Canvas
-from .cdir import cdir_query
-from .combine import add_part, combine, set_combiner
+from .results import add_part, combine, set_combiner
 from .tree import CacheTree
+from .tree.cdir import cdir_query
+
+__all__ = [
+    "SAMPLE_DATA_DIR",
+    "DemoParams",
+    "Progress",
+    "count_nuclei",
+    "density_figure",
+    "density_worker",
+    "label_nuclei",
+    "load_sample_image",
+    "patch_boxes",
+    "patch_model",
+    "run_demo",
+]
+
 
 SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
 """Folder of the shipped sample data (``ihc.npz``)."""

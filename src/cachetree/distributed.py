@@ -75,13 +75,13 @@ from .errors import (
     InvalidDataError,
     NodeNotFoundError,
 )
-from .fingerprint import to_jsonable
-from .lock import acquire_lock
-from .manifest import Status, read_manifest
-from .node import Node
-from .omezarr import ImageInfo
-from .parts import PART_MARKER, PartInfo, list_parts, parts_location, write_part
-from .storage import TMP_MARK, Location
+from .fs.location import TMP_MARK, Location
+from .images.ngff import ImageInfo
+from .tree.fingerprint import to_jsonable
+from .tree.lock import acquire_lock
+from .tree.manifest import Status, read_manifest
+from .tree.node import Node
+from .tree.parts import PART_MARKER, PartInfo, list_parts, parts_location, write_part
 
 __all__ = [
     "PLAN_PART",

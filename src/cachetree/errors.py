@@ -6,6 +6,29 @@ anything the library raises on purpose. Messages say what was wrong and what to 
 
 from __future__ import annotations
 
+__all__ = [
+    "BoxOutOfBoundsError",
+    "CacheTreeError",
+    "CorruptManifestError",
+    "CorruptRecordError",
+    "DTypeMismatchError",
+    "FinalizedError",
+    "IncompatibleError",
+    "InvalidDataError",
+    "InvalidNameError",
+    "ItemNotFoundError",
+    "KeyLookupError",
+    "LockHeldError",
+    "NodeNotFoundError",
+    "NonFiniteValueError",
+    "NotCommittedError",
+    "ShapeMismatchError",
+    "StaleNodeError",
+    "StorageError",
+    "UncommittedChildrenError",
+    "UnknownCombinerError",
+]
+
 
 class CacheTreeError(Exception):
     """Base class of every error cachetree raises on purpose."""

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from cachetree import CacheTree
-from cachetree.combine import add_part, set_combiner
-from cachetree.layout import MANIFEST
+from cachetree.results import add_part, set_combiner
+from cachetree.tree.layout import MANIFEST
 
 
 def png_bytes(height: int = 24, width: int = 32) -> bytes:
@@ -60,10 +60,10 @@ def build_tree(root: Path) -> Path:
         tile = np.full((8, 8), i + 1, np.float32)
         add_part(workers.url, key=i, arrays={"tile": tile, "count": np.array([i])}, name=f"w{i}")
     build_canvases(tree)
-    # an uncommitted leftover and a corrupt manifest
+    # an uncommitted leftover and a corrupt manifest (valid JSON, fields of the wrong type)
     tree.node("unfinished").open().abandon()
     (root / "broken").mkdir()
-    (root / "broken" / MANIFEST).write_text("")
+    (root / "broken" / MANIFEST).write_text('{"status": "committed", "items": "oops"}')
     return root
 
 

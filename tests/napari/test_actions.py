@@ -10,12 +10,12 @@ from napari.utils import progress
 from qtpy.QtCore import QTimer
 
 from cachetree import CacheTree
-from cachetree.combine import add_part, set_combiner
-from cachetree.keyed import KeyedStore
-from cachetree.manifest import Status
 from cachetree.napari._actions import CleanWidget, CombineWidget, CommitWidget
 from cachetree.napari._browser import ROLE, STATUS, CacheTreeBrowser
 from cachetree.napari._selection import selection_for
+from cachetree.results import add_part, set_combiner
+from cachetree.tree.keyed import KeyedStore
+from cachetree.tree.manifest import Status
 
 from .conftest import wait_idle
 

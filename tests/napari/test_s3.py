@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from cachetree import CacheTree, Status
-from cachetree.combine import add_part, set_combiner
 from cachetree.napari._actions import CombineWidget
 from cachetree.napari._browser import ROLE, CacheTreeBrowser
+from cachetree.results import add_part, set_combiner
 
 from .conftest import wait_idle
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from cachetree.manifest import Status
+from cachetree.fs.location import Location
 from cachetree.napari._browser import CacheTreeBrowser
-from cachetree.storage import Location
-from cachetree.walk import walk
+from cachetree.tree.manifest import Status
+from cachetree.tree.walk import walk
 
 from .conftest import wait_idle
 

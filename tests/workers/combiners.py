@@ -25,7 +25,7 @@ def scaled_sum(parts, *, key, shared, factor=1.0):
 
 def slow_mean(parts, *, key, shared, pause=0.0):
     """The canvas mean, announcing each key and pausing (crash tests kill it meanwhile)."""
-    from cachetree.combine import combine_canvas_mean
+    from cachetree.results import combine_canvas_mean
 
     print(f"combining {key}", flush=True)
     time.sleep(pause)
@@ -62,7 +62,7 @@ def expected_mean(workers: list[int], key_index: int) -> np.ndarray:
 
 
 def write_parts(url: str, worker: int) -> None:
-    from cachetree.combine import add_part
+    from cachetree.results import add_part
 
     for i in range(len(KEYS)):
         add_part(url, part_key(worker, i), part_arrays(worker, i), name=f"w{worker}-k{i}")
@@ -70,7 +70,7 @@ def write_parts(url: str, worker: int) -> None:
 
 
 def run_combine(url: str, pause: float) -> None:
-    from cachetree import combine as combine_module
+    from cachetree.results import combining as combine_module
 
     def hook(stage: str) -> None:
         print(stage, flush=True)

@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
+__all__ = [
+    "view_tree",
+]
+
 
 def view_tree(root: str, *, run: bool = True) -> Any:
     """Open napari on the cache tree at ``root``: its images as layers, the browser docked.

@@ -23,12 +23,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from cachetree.clean import CleanPlan, format_bytes, plan_clean
-from cachetree.combine import CombineReport, combine
 from cachetree.distributed import finalize_canvas, is_distributed_canvas
-from cachetree.lock import break_lock, read_lock
-from cachetree.manifest import Status
-from cachetree.node import Node
+from cachetree.results import CombineReport, combine
+from cachetree.tree.clean import CleanPlan, format_bytes, plan_clean
+from cachetree.tree.lock import break_lock, read_lock
+from cachetree.tree.manifest import Status
+from cachetree.tree.node import Node
 
 from ._selection import Selection, selection_for
 from ._threads import Report, busy, qt_alive, run_task

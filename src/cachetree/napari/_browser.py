@@ -39,11 +39,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from cachetree.clean import format_bytes
-from cachetree.node import Node
-from cachetree.parts import PartInfo
-from cachetree.storage import Location
-from cachetree.walk import NodeInfo
+from cachetree.fs.location import Location
+from cachetree.tree.clean import format_bytes
+from cachetree.tree.node import Node
+from cachetree.tree.parts import PartInfo
+from cachetree.tree.walk import NodeInfo
 
 from ._layers import Opened, add_layers, open_item, open_node, open_part
 from ._listing import ItemEntry, Listing, list_node

@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from cachetree import omezarr
 from cachetree.errors import CacheTreeError, NodeNotFoundError
-from cachetree.layout import MANIFEST, PARTS
-from cachetree.node import Node
-from cachetree.parts import PartInfo, list_parts
-from cachetree.storage import Location
+from cachetree.fs.location import Location
+from cachetree.images import ngff
+from cachetree.tree.layout import MANIFEST, PARTS
+from cachetree.tree.node import Node
+from cachetree.tree.parts import PartInfo, list_parts
 
 from ._listing import ItemEntry, find_tree_root, node_items
 
@@ -80,8 +80,8 @@ def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> L
     Scale, translation, contrast limits, channel names and colours come from the metadata;
     a ``c`` axis becomes napari's ``channel_axis`` (one layer per channel).
     """
-    info = omezarr.read_image(location)
-    pyramid = omezarr.open_image(location)
+    info = ngff.read_image(location)
+    pyramid = ngff.open_image(location)
     data: Any = pyramid if len(pyramid) > 1 else pyramid[0]
     axes = list(info.axes)
     scale, translate = list(info.scale), list(info.translation)
@@ -374,7 +374,7 @@ def open_keyed(node: Node, root: Location, entry: ItemEntry) -> Opened:
     import dask
     import dask.array as da
 
-    from cachetree.keyed import KeyedStore
+    from cachetree.tree.keyed import KeyedStore
 
     store = KeyedStore(node.location, entry.name, mmap=True)
     entries = store.entries()

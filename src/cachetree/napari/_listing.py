@@ -11,13 +11,13 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any
 
-from cachetree.inventory import classify_dir, classify_file, is_own_entry
-from cachetree.layout import MANIFEST
-from cachetree.manifest import Status
-from cachetree.node import Node
-from cachetree.parts import PartInfo, list_parts
-from cachetree.storage import Location
-from cachetree.walk import NodeInfo, walk
+from cachetree.fs.location import Location
+from cachetree.tree.inventory import classify_dir, classify_file, is_own_entry
+from cachetree.tree.layout import MANIFEST
+from cachetree.tree.manifest import Status
+from cachetree.tree.node import Node
+from cachetree.tree.parts import PartInfo, list_parts
+from cachetree.tree.walk import NodeInfo, walk
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cachetree import omezarr
-from cachetree.layout import MANIFEST
-from cachetree.storage import Location
+from cachetree.fs.location import Location
+from cachetree.images import ngff
+from cachetree.tree.layout import MANIFEST
 
 from ._layers import LayerData, open_location
 
@@ -36,7 +36,7 @@ def _target(path: Any) -> Location | None:
     location = Location.from_url(path)
     if location.raw_child(MANIFEST).exists():
         return location
-    if omezarr.is_ome_zarr(location):
+    if ngff.is_ome_zarr(location):
         return location
     return None
 

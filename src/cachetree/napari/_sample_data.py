@@ -15,7 +15,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from cachetree.storage import Location
+from cachetree.fs.location import Location
 
 from ._layers import LayerData, open_location
 

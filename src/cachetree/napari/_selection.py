@@ -12,9 +12,9 @@ from typing import Any
 
 from psygnal import Signal
 
-from cachetree.node import Node
-from cachetree.storage import Location
-from cachetree.walk import NodeInfo
+from cachetree.fs.location import Location
+from cachetree.tree.node import Node
+from cachetree.tree.walk import NodeInfo
 
 
 class Selection:

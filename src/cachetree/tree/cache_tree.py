@@ -8,13 +8,18 @@ import socket
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ..errors import CorruptManifestError, LockHeldError, NodeNotFoundError
+from ..fs.location import Location, node_path
 from .clean import LOCK_GRACE, PART_GRACE, CleanPlan, plan_clean
-from .errors import CorruptManifestError, LockHeldError, NodeNotFoundError
 from .lock import LockInfo, break_lock, read_lock
 from .manifest import Manifest, Status, read_manifest, write_manifest
 from .node import Node, OnStale
-from .storage import Location, node_path
 from .walk import NodeInfo, walk
+
+__all__ = [
+    "CacheTree",
+]
+
 
 log = logging.getLogger("cachetree")
 
@@ -127,8 +132,8 @@ class CacheTree:
     ) -> CleanPlan:
         """Plan (and unless ``dry_run``, carry out) removal of what the tree no longer needs.
 
-        Safe while other processes write the tree. See :func:`cachetree.clean.plan_clean`
-        for what is selected and :meth:`~cachetree.clean.CleanPlan.execute` for how it is
+        Safe while other processes write the tree. See :func:`cachetree.tree.clean.plan_clean`
+        for what is selected and :meth:`~cachetree.tree.clean.CleanPlan.execute` for how it is
         deleted.
         """
         plan = plan_clean(self.root, remove=remove, part_grace=part_grace, lock_grace=lock_grace)

@@ -1,0 +1,105 @@
+"""Recognise what a node holds: OME-Zarr images and labels, arrays, logs, metrics, plots."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+from ..fs.location import TMP_MARK, Location
+from .layout import LOCK, MANIFEST, PARTS
+
+__all__ = [
+    "classify_dir",
+    "classify_file",
+    "is_own_entry",
+    "scan_items",
+    "zarr_attrs",
+]
+
+
+_SUFFIX_KINDS = {
+    ".txt": "log",
+    ".log": "log",
+    ".json": "json",
+    ".png": "plot",
+    ".svg": "plot",
+    ".jpg": "plot",
+    ".jpeg": "plot",
+    ".pdf": "plot",
+    ".npy": "array",
+    ".npz": "array",
+}
+
+
+def _read_json(loc: Location, name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(loc.fs.cat_file(posixpath.join(loc.path, name)))
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+
+
+def zarr_attrs(loc: Location) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
+    """Zarr node type (``"array"``, ``"group"`` or None), its attributes and array metadata."""
+    meta = _read_json(loc, "zarr.json")
+    if meta is not None:  # zarr format 3
+        attrs = meta.get("attributes", {})
+        return meta.get("node_type"), attrs, meta if meta.get("node_type") == "array" else None
+    attrs = _read_json(loc, ".zattrs") or {}
+    array = _read_json(loc, ".zarray")
+    if array is not None:
+        return "array", attrs, array
+    if _read_json(loc, ".zgroup") is not None:
+        return "group", attrs, None
+    return None, {}, None
+
+
+def classify_dir(loc: Location) -> dict[str, Any]:
+    """Kind and array summary of a directory item (reads only small metadata files)."""
+    node_type, attrs, array = zarr_attrs(loc)
+    tagged = (
+        attrs.get("cachetree", {}).get("kind") if isinstance(attrs.get("cachetree"), dict) else None
+    )
+    if tagged:
+        return {"kind": tagged}
+    if "multiscales" in attrs:
+        info: dict[str, Any] = {"kind": "labels" if "image-label" in attrs else "image"}
+        _, _, level0 = zarr_attrs(loc.raw_child(attrs["multiscales"][0]["datasets"][0]["path"]))
+        if level0:
+            info.update(shape=list(level0["shape"]), dtype=str(level0.get("dtype", "")))
+        info["levels"] = len(attrs["multiscales"][0]["datasets"])
+        return info
+    if node_type == "array" and array is not None:
+        dtype = array.get("data_type", array.get("dtype"))
+        return {"kind": "array", "shape": list(array["shape"]), "dtype": str(dtype)}
+    if node_type == "group":
+        return {"kind": "zarr"}
+    return {"kind": "dir"}
+
+
+def classify_file(name: str) -> dict[str, Any]:
+    """Kind of a file item, from its suffix."""
+    return {"kind": _SUFFIX_KINDS.get(posixpath.splitext(name)[1].lower(), "file")}
+
+
+def is_own_entry(name: str) -> bool:
+    """Whether a directory entry is the library's own bookkeeping or a temp file."""
+    return name in (MANIFEST, LOCK, PARTS) or TMP_MARK in name
+
+
+def scan_items(node: Location, child_nodes: set[str]) -> dict[str, dict[str, Any]]:
+    """Inventory of a node directory: every entry that is not a child node or bookkeeping."""
+    items: dict[str, dict[str, Any]] = {}
+    for entry in node.ls(detail=True):
+        name = posixpath.basename(entry["name"].rstrip("/"))
+        if name in child_nodes or is_own_entry(name):
+            continue
+        loc = node.raw_child(name)
+        if entry["type"] == "directory":
+            info = classify_dir(loc)
+            info["bytes"] = loc.du()
+        else:
+            info = classify_file(name)
+            info["bytes"] = int(entry.get("size") or 0)
+        items[name] = info
+    return items

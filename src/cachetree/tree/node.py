@@ -1,0 +1,655 @@
+"""A node of the cache tree: one pipeline step's results in one directory."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import posixpath
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from ..errors import (
+    CorruptManifestError,
+    FinalizedError,
+    InvalidDataError,
+    ItemNotFoundError,
+    LockHeldError,
+    NodeNotFoundError,
+    NotCommittedError,
+    StaleNodeError,
+    UncommittedChildrenError,
+)
+from ..fs.location import Location, node_path, storage_errors, validate_name
+from ..fs.writer import AsyncWriter
+from .fingerprint import fingerprint, to_jsonable
+from .inventory import is_own_entry, scan_items
+from .layout import LOCK, MANIFEST, PARTS
+from .lock import acquire_lock, break_lock, read_lock, release_lock
+from .manifest import Manifest, Status, now_iso, read_manifest, write_manifest
+
+__all__ = [
+    "Node",
+    "OnStale",
+    "OpenMode",
+]
+
+
+if TYPE_CHECKING:
+    from ..images.ngff import ImageInfo
+    from .keyed import KeyedStore
+
+log = logging.getLogger("cachetree")
+
+OnStale = Literal["recompute", "raise"]
+
+
+class OpenMode(StrEnum):
+    """How :meth:`Node.open` found the node."""
+
+    REUSED = "reused"
+    """Committed with matching parameters: nothing to compute."""
+    NEW = "new"
+    """Did not exist: created."""
+    RESUMED = "resumed"
+    """Uncommitted leftover of an earlier run: its partial files were discarded."""
+    RECOMPUTE = "recompute"
+    """Committed but stale (or corrupt): discarded and reopened for writing."""
+
+
+def _fingerprint_at(loc: Location) -> str | None:
+    """Fingerprint recorded in the manifest at ``loc`` (None when missing or corrupt)."""
+    try:
+        return read_manifest(loc).fingerprint
+    except (NodeNotFoundError, CorruptManifestError):
+        return None
+
+
+def _suffixed(name: str, suffix: str) -> str:
+    validate_name(name, what="item name")
+    return name if name.endswith(suffix) else name + suffix
+
+
+class Node:
+    """One step's results: a directory holding items and child nodes, plus a manifest.
+
+    Use :meth:`CacheTree.node <cachetree.tree.cache_tree.CacheTree.node>` (or
+    :func:`~cachetree.tree.cdir.cdir_init`) rather than building one directly. As a context
+    manager the node is opened on entry and committed on a clean exit; an exception leaves
+    it uncommitted (and the exception propagates).
+
+    Parameters
+    ----------
+    location
+        Directory of the node.
+    root
+        Directory of the tree's root node, or None when the node stands alone.
+    params
+        Parameters that produced the node's content; None means "do not check".
+    depends_on
+        Nodes whose results this node uses; their fingerprints are folded into this one's,
+        so recomputing an input makes this node stale.
+    on_stale
+        ``"recompute"`` (default) discards a stale node and reopens it; ``"raise"`` raises
+        :class:`~cachetree.errors.StaleNodeError`.
+    kind
+        What the node holds, recorded in the manifest (``"node"``, ``"canvas"``, ...).
+
+    Attributes
+    ----------
+    location
+        The node directory (a :class:`~cachetree.fs.location.Location`).
+    root
+        The tree's root directory (the node's own location when it stands alone).
+    open_mode
+        What :meth:`open` did (an :class:`OpenMode`), or None before the node is opened.
+    stale_reason
+        Why a committed node was found stale (or corrupt) and recomputed, else None.
+    """
+
+    def __init__(
+        self,
+        location: Location,
+        *,
+        root: Location | None = None,
+        params: Any = None,
+        depends_on: Sequence[Node] = (),
+        on_stale: OnStale = "recompute",
+        kind: str = "node",
+    ):
+        if on_stale not in ("recompute", "raise"):
+            raise InvalidDataError(f"on_stale must be 'recompute' or 'raise', not {on_stale!r}")
+        self.location = location
+        self.root = root if root is not None else location
+        self.params = params
+        self.depends_on = tuple(depends_on)
+        self.on_stale: OnStale = on_stale
+        self.kind = kind
+        self.open_mode: OpenMode | None = None
+        self.stale_reason: str | None = None
+        self._writing = False
+        self._log_lines: list[str] = []
+        self._items_meta: dict[str, dict[str, Any]] = {}
+        self._writer: AsyncWriter | None = None
+        self._stores: dict[str, KeyedStore] = {}
+        self._params_json = to_jsonable(params)
+
+    # -- identity ---------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        """URL (or local path) of the node directory."""
+        return self.location.url
+
+    @property
+    def path(self) -> str:
+        """Path relative to the tree root (``""`` for the root)."""
+        return self.location.relative_to(self.root)
+
+    @property
+    def name(self) -> str:
+        """Last segment of the path."""
+        return self.location.name
+
+    def __repr__(self) -> str:
+        return f"Node({self.url!r})"
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest as stored now.
+
+        Raises
+        ------
+        NodeNotFoundError, CorruptManifestError
+        """
+        return read_manifest(self.location)
+
+    @property
+    def status(self) -> Status:
+        """``committed``, ``open``, ``corrupt`` or ``missing``."""
+        try:
+            return self.manifest.status
+        except NodeNotFoundError:
+            return Status.MISSING
+        except CorruptManifestError:
+            return Status.CORRUPT
+
+    @property
+    def committed(self) -> datetime | None:
+        """Commit time, or None when not committed."""
+        try:
+            return self.manifest.committed_at
+        except (NodeNotFoundError, CorruptManifestError):
+            return None
+
+    @property
+    def writing(self) -> bool:
+        """Whether this handle opened the node for writing and has not committed it yet."""
+        return self._writing
+
+    @property
+    def fingerprint(self) -> str:
+        """Fingerprint of this node's params, its parent and its inputs (reads their manifests)."""
+        return self._fingerprint_with(self._parent_fingerprint())
+
+    def _fingerprint_with(self, parent_fp: str | None) -> str:
+        upstream = [parent_fp] + [dep.manifest.fingerprint for dep in self.depends_on]
+        return fingerprint(self._params_json, *upstream)
+
+    def _parent_location(self) -> Location | None:
+        if self.location == self.root:
+            return None
+        return self.location.parent
+
+    def _parent_fingerprint(self) -> str | None:
+        parent = self._parent_location()
+        return None if parent is None else _fingerprint_at(parent)
+
+    def staleness(self, manifest: Manifest) -> str | None:
+        """Why a committed ``manifest`` no longer matches this handle, or None if it does."""
+        return self._staleness(manifest, self._parent_fingerprint())
+
+    def _staleness(self, manifest: Manifest, parent_fp: str | None) -> str | None:
+        if manifest.parent_fingerprint != parent_fp:
+            return "its parent node was recomputed"
+        checks_params = self.params is not None or self.depends_on
+        if checks_params and manifest.fingerprint != self._fingerprint_with(parent_fp):
+            return "it was made with different parameters or inputs"
+        return None
+
+    # -- lifecycle --------------------------------------------------------------------
+    def open(self) -> Node:
+        """Initialise the node: reuse it if committed and current, else (re)open it for writing.
+
+        Re-opening an uncommitted node discards only its own partial files: child nodes are
+        kept (committed ones are reused when opened again), and so are committed parts when
+        the parameters did not change.
+
+        Returns
+        -------
+        Node
+            ``self``; :attr:`open_mode` says what happened.
+
+        Raises
+        ------
+        StaleNodeError
+            If the node is stale and ``on_stale="raise"``.
+        LockHeldError
+            If another live process is writing the node.
+        """
+        parent_fp = self._ensure_ancestors()
+        if self._reuse(self._previous_manifest(), parent_fp):
+            return self
+        acquire_lock(self.location)
+        try:
+            # Under the lock, look again: another process may have committed the node, or a
+            # clean may have removed an empty ancestor, since the first look.
+            parent_fp = self._ensure_ancestors()
+            previous = self._previous_manifest()
+            if self._reuse(previous, parent_fp):
+                release_lock(self.location)
+                return self
+            self._begin_writing(previous, parent_fp)
+        except BaseException:
+            release_lock(self.location)
+            raise
+        return self
+
+    def _previous_manifest(self) -> Manifest | None:
+        """The stored manifest, or None when there is none or it is corrupt."""
+        try:
+            return read_manifest(self.location)
+        except NodeNotFoundError:
+            return None
+        except CorruptManifestError as exc:
+            self.stale_reason = str(exc)
+            log.warning("%s", exc)
+            return None
+
+    def _reuse(self, previous: Manifest | None, parent_fp: str | None) -> bool:
+        """Whether ``previous`` is committed and current (then :attr:`open_mode` is REUSED).
+
+        Raises
+        ------
+        StaleNodeError
+            If it is committed but stale and ``on_stale="raise"``.
+        """
+        if previous is None or previous.status is not Status.COMMITTED:
+            return False
+        self.stale_reason = self._staleness(previous, parent_fp)
+        if self.stale_reason is None:
+            self.open_mode = OpenMode.REUSED
+            return True
+        message = f"node {self.url} is stale: {self.stale_reason}"
+        if self.on_stale == "raise":
+            raise StaleNodeError(message + "; open it with on_stale='recompute' to redo it")
+        log.warning("%s; recomputing it", message)
+        return False
+
+    def _begin_writing(self, previous: Manifest | None, parent_fp: str | None) -> None:
+        fingerprint_now = self._fingerprint_with(parent_fp)
+        keep_parts = (
+            previous is not None
+            and previous.status is Status.OPEN
+            and previous.fingerprint == fingerprint_now
+        )
+        self._discard_own_files(keep_parts=keep_parts)
+        if previous is None and self.stale_reason is None:
+            self.open_mode = OpenMode.NEW
+        elif previous is not None and previous.status is Status.OPEN:
+            self.open_mode = OpenMode.RESUMED
+        else:
+            self.open_mode = OpenMode.RECOMPUTE
+        manifest = Manifest(
+            status=Status.OPEN,
+            fingerprint=fingerprint_now,
+            params=self._params_json,
+            parent_fingerprint=parent_fp,
+            kind=self.kind,
+        )
+        write_manifest(self.location, manifest)
+        self._writing = True
+
+    def _ensure_ancestors(self) -> str | None:
+        """Create missing ancestor nodes (up to the root) as open group nodes.
+
+        Returns the parent's fingerprint (None for a root or a corrupt parent): the one
+        manifest read this needs anyway is the one :meth:`open` needs.
+        """
+        missing: list[Location] = []
+        found_fp: str | None = None
+        loc = self._parent_location()
+        while loc is not None:
+            try:
+                found_fp = read_manifest(loc).fingerprint
+                break
+            except NodeNotFoundError:
+                missing.append(loc)
+            except CorruptManifestError:
+                break
+            loc = None if loc == self.root else loc.parent
+        parent_fp = found_fp
+        for ancestor in reversed(missing):
+            ancestor.makedirs()
+            own_fp = fingerprint(None, parent_fp)
+            write_manifest(
+                ancestor,
+                Manifest(fingerprint=own_fp, parent_fingerprint=parent_fp, kind="group"),
+            )
+            parent_fp = own_fp
+        self.location.makedirs()
+        return parent_fp
+
+    def _discard_own_files(self, *, keep_parts: bool) -> None:
+        children = set(self.child_names())
+        for name in self.location.ls():
+            if name in children or name in (MANIFEST, LOCK) or (keep_parts and name == PARTS):
+                continue
+            self.location.raw_child(name).remove()
+
+    def commit(self) -> Node:
+        """Mark the node complete: inventory its items and write the manifest last.
+
+        Idempotent on a committed node.
+
+        Raises
+        ------
+        NodeNotFoundError
+            If the node was never initialised.
+        UncommittedChildrenError
+            If a child node is not committed (its data could be incomplete).
+        LockHeldError
+            If another live process is writing the node.
+        """
+        try:
+            manifest = read_manifest(self.location)
+        except CorruptManifestError:
+            manifest = Manifest(kind=self.kind)
+        if manifest.status is Status.COMMITTED:
+            self._writing = False
+            return self
+        held = read_lock(self.location)
+        if held is not None and not held.is_mine() and not held.is_stale():
+            raise LockHeldError(
+                f"cannot commit {self.url}: it is being written by {held.describe()}"
+            )
+        open_children = [c.name for c in self.children() if c.status is not Status.COMMITTED]
+        if open_children:
+            raise UncommittedChildrenError(
+                f"cannot commit {self.url}: child nodes {sorted(open_children)} are not "
+                "committed; commit or remove them first"
+            )
+        self._close_writer()
+        self._flush_log()
+        items = scan_items(self.location, set(self.child_names()))
+        for name, extra in self._items_meta.items():
+            if name in items:
+                items[name].update(extra)
+        manifest.items = items
+        manifest.status = Status.COMMITTED
+        manifest.committed = now_iso()
+        write_manifest(self.location, manifest)
+        if held is not None and held.is_stale():
+            break_lock(self.location)  # its writer died; the node is complete now
+        release_lock(self.location)
+        self._writing = False
+        log.info("committed %s", self.url)
+        return self
+
+    def abandon(self) -> None:
+        """Stop writing without committing: the node stays uncommitted and the lock is freed."""
+        try:
+            self._close_writer()
+            self._flush_log()
+        finally:
+            release_lock(self.location)
+            self._writing = False
+
+    def __enter__(self) -> Node:
+        if self.open_mode is None:
+            self.open()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb) -> None:
+        if not self._writing:
+            return
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abandon()
+
+    # -- children ---------------------------------------------------------------------
+    def child_names(self) -> list[str]:
+        """Names of child nodes (sub-directories that hold a manifest)."""
+        names = []
+        for entry in self.location.ls(detail=True):
+            if entry["type"] != "directory":
+                continue
+            name = posixpath.basename(entry["name"].rstrip("/"))
+            if (
+                not is_own_entry(name)
+                and self.location.raw_child(name).raw_child(MANIFEST).exists()
+            ):
+                names.append(name)
+        return sorted(names)
+
+    def children(self) -> list[Node]:
+        """Handles on the child nodes (not opened)."""
+        return [self.child(name) for name in self.child_names()]
+
+    def child(
+        self,
+        name: str,
+        params: Any = None,
+        *,
+        depends_on: Sequence[Node] = (),
+        on_stale: OnStale | None = None,
+        kind: str = "node",
+    ) -> Node:
+        """A handle on the child node ``name`` (a path like ``"a/b"`` is allowed).
+
+        Raises
+        ------
+        InvalidNameError
+            If ``name`` is empty, ``"."`` or could address anything outside this node.
+        """
+        return Node(
+            self.location.join(node_path(name)),
+            root=self.root,
+            params=params,
+            depends_on=depends_on,
+            on_stale=on_stale or self.on_stale,
+            kind=kind,
+        )
+
+    # -- writing items ----------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if not self._writing:
+            state = "committed" if self.status is Status.COMMITTED else "not opened for writing"
+            raise FinalizedError(
+                f"node {self.url} is {state}; open it (with new params to recompute) before "
+                "writing items"
+            )
+
+    @property
+    def writer(self) -> AsyncWriter:
+        """A background writer rooted at the node (``.npy`` files; mappings one file per key).
+
+        Writes overlap with computation; :meth:`commit` waits for all of them (and re-raises
+        the first failure) before the manifest is written.
+        """
+        self._check_writable()
+        if self._writer is None or self._writer.closed:
+            self._writer = AsyncWriter(self.location, save_format="npy", dict_mode="split")
+        return self._writer
+
+    def _close_writer(self) -> None:
+        """Wait for background writes (node writer and keyed stores) to reach storage."""
+        stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
+            store.close()
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def item(self, name: str) -> Location:
+        """Location of item ``name`` in the node, for code that writes files itself."""
+        return self.location.join(validate_name(name, what="item name"))
+
+    def keyed(self, name: str = "results", **options: Any) -> KeyedStore:
+        """The keyed store ``name`` of this node (see :class:`cachetree.tree.keyed.KeyedStore`).
+
+        While the node is being written the same store object is returned for a name, and
+        :meth:`commit` flushes it before the manifest is written.
+        """
+        from .keyed import KeyedStore
+
+        if not self._writing:
+            return KeyedStore(self, name, **options)
+        if name not in self._stores:
+            self._stores[name] = KeyedStore(self, name, **options)
+        return self._stores[name]
+
+    def save_image(
+        self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> ImageInfo:
+        """Save an image (numpy or dask, 2-D to 5-D) as an OME-Zarr pyramid ``name.ome.zarr``.
+
+        Extra keyword arguments go to :func:`cachetree.images.ngff.write_image`.
+        """
+        self._check_writable()
+        target = self.item(_suffixed(name, ".ome.zarr"))
+        from ..images.ngff import write_image
+
+        with storage_errors(target):
+            return write_image(target, data, axes=axes, name=name, **kwargs)
+
+    def save_labels(
+        self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
+    ) -> ImageInfo:
+        """Save an integer label image as an OME-Zarr labels pyramid ``name.ome.zarr``."""
+        return self.save_image(name, data, axes=axes, labels=True, **kwargs)
+
+    def save_array(self, name: str, data: Any, *, chunks: Any = "auto") -> None:
+        """Save a numpy or dask array as a plain Zarr array ``name.zarr``."""
+        import dask.array as da
+        import zarr
+
+        self._check_writable()
+        if not hasattr(data, "shape") or not hasattr(data, "dtype"):
+            raise InvalidDataError(
+                f"save_array needs a numpy or dask array, got {type(data).__name__}"
+            )
+        if np.dtype(data.dtype).hasobject:
+            raise InvalidDataError("object arrays cannot be saved; convert to a numeric dtype")
+        arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=chunks)
+        loc = self.item(_suffixed(name, ".zarr"))
+        with storage_errors(loc):
+            target = zarr.create_array(
+                loc.zarr_store(),
+                shape=arr.shape,
+                dtype=arr.dtype,
+                chunks=tuple(c[0] for c in arr.chunks) if arr.size else None,
+                overwrite=True,
+            )
+            da.store(arr, target, lock=False)
+
+    def save_text(self, name: str, text: str) -> None:
+        """Save text (a ``.txt`` suffix is added when the name has none)."""
+        self._check_writable()
+        if not isinstance(text, str):
+            raise InvalidDataError(f"save_text needs a str, got {type(text).__name__}")
+        if not posixpath.splitext(name)[1]:
+            name += ".txt"
+        self.item(name).write_text(text)
+
+    def log(self, message: str) -> None:
+        """Append a time-stamped line to ``log.txt`` (and to the ``cachetree`` logger)."""
+        self._check_writable()
+        line = f"{now_iso()} {message}"
+        self._log_lines.append(line)
+        log.info("%s: %s", self.path or self.url, message)
+        if len(self._log_lines) % 50 == 0:
+            self._flush_log()
+
+    def _flush_log(self) -> None:
+        if self._log_lines:
+            self.item("log.txt").write_text("\n".join(self._log_lines) + "\n")
+
+    def save_json(self, name: str, obj: Any) -> None:
+        """Save JSON metrics as ``name.json`` (numpy values are converted)."""
+        self._check_writable()
+        self.item(_suffixed(name, ".json")).write_text(json.dumps(to_jsonable(obj), indent=1))
+
+    def save_figure(self, name: str, figure: Any, *, format: str = "png", dpi: int = 100) -> None:
+        """Save a plot: a matplotlib-like figure (anything with ``savefig``) or encoded bytes."""
+        self._check_writable()
+        if isinstance(figure, bytes | bytearray):
+            data = bytes(figure)
+        elif hasattr(figure, "savefig"):
+            buf = io.BytesIO()
+            figure.savefig(buf, format=format, dpi=dpi)
+            data = buf.getvalue()
+        else:
+            raise InvalidDataError(
+                "save_figure needs a figure with savefig() or encoded bytes, "
+                f"got {type(figure).__name__}"
+            )
+        self.item(_suffixed(name, f".{format}")).write_bytes(data)
+
+    # -- reading items ----------------------------------------------------------------
+    def item_names(self) -> list[str]:
+        """Items of the node (from the inventory when committed, else by listing)."""
+        try:
+            manifest = self.manifest
+        except CorruptManifestError:
+            manifest = None
+        if manifest is not None and manifest.status is Status.COMMITTED:
+            return sorted(manifest.items)
+        children = set(self.child_names())
+        return sorted(n for n in self.location.ls() if n not in children and not is_own_entry(n))
+
+    def _find(self, name: str, suffixes: Iterable[str] = ("",)) -> Location:
+        names = set(self.location.ls())
+        for suffix in suffixes:
+            candidate = name if name.endswith(suffix) else name + suffix
+            if candidate in names:
+                return self.item(candidate)
+        raise ItemNotFoundError(f"node {self.url} has no item {name!r}; it has {self.item_names()}")
+
+    def open_image(self, name: str) -> list[Any]:
+        """The lazy (dask) pyramid of image or labels ``name``, full resolution first."""
+        from ..images.ngff import open_image
+
+        return open_image(self._find(name, (".ome.zarr", "")))
+
+    def open_array(self, name: str) -> Any:
+        """A plain Zarr array item as a lazy dask array."""
+        import dask.array as da
+        import zarr
+
+        loc = self._find(name, (".zarr", ""))
+        return da.from_zarr(zarr.open_array(loc.zarr_store(read_only=True), mode="r"))
+
+    def load_text(self, name: str) -> str:
+        """Text of a log or text item."""
+        return self._find(name, ("", ".txt")).read_text()
+
+    def load_json(self, name: str) -> Any:
+        """Parsed JSON item."""
+        return json.loads(self._find(name, (".json", "")).read_text())
+
+    def load_bytes(self, name: str) -> bytes:
+        """Raw bytes of a file item (e.g. a PNG plot)."""
+        return self._find(name, ("", ".png", ".svg")).read_bytes()
+
+    def require_committed(self) -> Manifest:
+        """The manifest; raises :class:`~cachetree.errors.NotCommittedError` if not committed."""
+        manifest = self.manifest
+        if manifest.status is not Status.COMMITTED:
+            raise NotCommittedError(f"node {self.url} is not committed yet")
+        return manifest

@@ -1,0 +1,281 @@
+"""Parts: partial results that independent writers add to a node, one directory each.
+
+A part lives in ``<node>/.cachetree-parts/<name>/``: one ``.npy`` file per array, then a
+``part.json`` marker written last (atomically, or as a single put on object stores). A part
+without its marker is a leftover of a writer that died and is never read. Parts survive a
+re-initialisation of their node with unchanged parameters, so work already done is kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import posixpath
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import (
+    CorruptRecordError,
+    InvalidDataError,
+    ItemNotFoundError,
+    NodeNotFoundError,
+)
+from ..fs.location import TMP_MARK, Location, storage_errors, validate_name
+from ..fs.records import Field, parse_record
+from ..fs.writer import AsyncWriter
+from .fingerprint import to_jsonable
+from .layout import PARTS
+from .lock import LockInfo, parse_lock
+from .manifest import now_iso
+
+__all__ = [
+    "PART_MARKER",
+    "WRITER_FILE",
+    "PartInfo",
+    "list_parts",
+    "parse_marker",
+    "part_id",
+    "parts_location",
+    "remove_part",
+    "uncommitted_parts",
+    "write_part",
+    "writer_of_part",
+]
+
+
+PART_MARKER = "part.json"
+
+WRITER_FILE = "writer.json"
+"""Written into a part directory before any array by writers that record themselves
+(:func:`cachetree.results.add_part`): who is writing it."""
+
+_MARKER_FIELDS = {
+    "kind": Field(str, required=True),
+    "arrays": Field(
+        dict,
+        required=True,
+        check=lambda arrays: all(
+            isinstance(a, dict)
+            and isinstance(a.get("shape"), list)
+            and all(isinstance(n, int) and not isinstance(n, bool) for n in a["shape"])
+            and isinstance(a.get("dtype"), str)
+            for a in arrays.values()
+        ),
+        expect="an object of {shape: [int, ...], dtype: str} records",
+    ),
+    "meta": Field(dict),
+    "created": Field(str),
+    "writer": Field(dict),
+}
+
+
+def parse_marker(raw: bytes | None, *, where: str) -> dict[str, Any]:
+    """The checked contents of a part marker.
+
+    Raises
+    ------
+    CorruptRecordError
+        When the marker is empty, not JSON or has fields of the wrong type; such a part
+        counts as unfinished (clean removes it once its writer is gone).
+    """
+    return parse_record(raw, _MARKER_FIELDS, where=where, remedy="the part counts as unfinished")
+
+
+@dataclass(frozen=True)
+class PartInfo:
+    """A committed part.
+
+    Attributes
+    ----------
+    name
+        Directory name of the part (unique within the node).
+    key
+        The logical key the part contributes to (JSON form: numbers, strings, lists).
+    kind
+        ``"part"`` for partial results, ``"shared"`` for shared inputs; subsystems add their own.
+    arrays
+        Array name to ``{"shape", "dtype"}``.
+    meta
+        Free metadata of the writer.
+    """
+
+    location: Location
+    name: str
+    key: Any = None
+    kind: str = "part"
+    arrays: dict[str, dict[str, Any]] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    writer: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the part's arrays (uncompressed)."""
+        return sum(
+            int(np.prod(a["shape"], dtype=np.int64)) * np.dtype(a["dtype"]).itemsize
+            for a in self.arrays.values()
+        )
+
+    def read(self, array: str) -> np.ndarray:
+        """Load one array of the part (memory-mapped on local disk)."""
+        if array not in self.arrays:
+            raise ItemNotFoundError(
+                f"part {self.name!r} has no array {array!r}; it has {sorted(self.arrays)}"
+            )
+        loc = self.location.join(array + ".npy")
+        if loc.is_local:
+            return np.load(loc.path, mmap_mode="r", allow_pickle=False)
+        return np.load(io.BytesIO(loc.read_bytes()), allow_pickle=False)
+
+
+def parts_location(node: Location) -> Location:
+    """Directory holding the parts of the node at ``node``."""
+    return node.raw_child(PARTS)
+
+
+def write_part(
+    node: Location,
+    name: str,
+    arrays: Mapping[str, Any],
+    *,
+    key: Any = None,
+    kind: str = "part",
+    meta: Mapping[str, Any] | None = None,
+    writer: AsyncWriter | None = None,
+) -> PartInfo:
+    """Write a part atomically: arrays first, the ``part.json`` marker last.
+
+    Writing a part whose name exists replaces it (its marker is removed first, so readers
+    never see a mix of old and new arrays).
+
+    Parameters
+    ----------
+    node
+        Node directory.
+    name
+        Part name, unique within the node (e.g. ``"worker3-0007"``).
+    arrays
+        Array name (``/`` allowed for grouping) to numpy-compatible array.
+    key
+        Logical key of the result this part contributes to.
+    kind
+        ``"part"`` or ``"shared"`` (or a subsystem's kind).
+    meta
+        JSON-compatible metadata stored in the marker.
+    writer
+        An :class:`~cachetree.fs.writer.AsyncWriter` rooted anywhere, whose pool writes the
+        arrays; by default a private one is used. Either way the marker is written only
+        after every array is done.
+    """
+    with storage_errors(node):
+        validate_name(name, what="part name")
+        if not isinstance(arrays, Mapping) or not arrays:
+            raise InvalidDataError("a part needs a non-empty mapping of array names to arrays")
+        loc = parts_location(node).join(name)
+        marker = loc.raw_child(PART_MARKER)
+        marker.remove()
+        own = writer is None
+        active = writer if writer is not None else AsyncWriter(loc, save_format="npy")
+        prefix = loc.relative_to(active.root)
+        summary: dict[str, dict[str, Any]] = {}
+        try:
+            for array_name, value in arrays.items():
+                data = np.asarray(value)
+                summary[array_name] = {"shape": list(data.shape), "dtype": data.dtype.str}
+                active.write(posixpath.join(prefix, array_name) if prefix else array_name, data)
+            active.flush()
+        finally:
+            if own:
+                active.close()
+        info = {
+            "key": to_jsonable(key),
+            "kind": kind,
+            "arrays": summary,
+            "meta": to_jsonable(dict(meta or {})),
+            "created": now_iso(),
+            "writer": {"host": socket.gethostname(), "pid": os.getpid()},
+        }
+        marker.write_text(json.dumps(info))
+        return PartInfo(loc, name, **info)
+
+
+def _read_markers(locations: list[Location]) -> dict[str, bytes]:
+    if not locations:
+        return {}
+    fs = locations[0].fs
+    paths = [loc.raw_child(PART_MARKER).path for loc in locations]
+    if locations[0].is_local:
+        found = {}
+        for path in paths:
+            try:
+                with open(path, "rb") as fh:
+                    found[path] = fh.read()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                pass
+        return found
+    result = fs.cat(paths, on_error="omit")
+    return result if isinstance(result, dict) else {paths[0]: result}
+
+
+def _part_dirs(node: Location) -> list[Location]:
+    root = parts_location(node)
+    return [root.raw_child(n) for n in sorted(root.ls()) if TMP_MARK not in n]
+
+
+def _scan_parts(node: Location) -> tuple[list[PartInfo], list[Location]]:
+    """Committed parts (valid marker) and unfinished part directories of the node."""
+    dirs = _part_dirs(node)
+    markers = _read_markers(dirs)
+    parts: list[PartInfo] = []
+    unfinished: list[Location] = []
+    for loc in dirs:
+        marker = loc.raw_child(PART_MARKER)
+        try:
+            info = parse_marker(markers.get(marker.path), where=f"part marker {marker.url}")
+        except CorruptRecordError:
+            unfinished.append(loc)  # no marker, or an unreadable one: not committed
+            continue
+        fields = ("key", "kind", "arrays", "meta", "created", "writer")
+        parts.append(PartInfo(loc, loc.name, **{k: info[k] for k in fields if k in info}))
+    return parts, unfinished
+
+
+def list_parts(node: Location, *, kind: str | Iterable[str] | None = None) -> list[PartInfo]:
+    """Committed parts of the node, sorted by name (optionally only of some kinds)."""
+    kinds = {kind} if isinstance(kind, str) else (set(kind) if kind is not None else None)
+    parts, _ = _scan_parts(node)
+    return [p for p in parts if kinds is None or p.kind in kinds]
+
+
+def uncommitted_parts(node: Location) -> list[Location]:
+    """Part directories without a valid marker (writers that died or are still writing)."""
+    _, unfinished = _scan_parts(node)
+    temps = [parts_location(node).raw_child(n) for n in parts_location(node).ls() if TMP_MARK in n]
+    return unfinished + temps
+
+
+def remove_part(part: PartInfo) -> None:
+    """Delete a part: the marker first, so it stops counting before its arrays go."""
+    part.location.raw_child(PART_MARKER).remove()
+    part.location.remove()
+
+
+def part_id(info: PartInfo) -> str:
+    """Identity of one written part (its name and creation time)."""
+    return f"{info.name}@{info.created}"
+
+
+def writer_of_part(part_dir: Location) -> LockInfo | None:
+    """Who wrote (or is writing) a part directory, when its writer recorded it."""
+    loc = part_dir.raw_child(WRITER_FILE)
+    try:
+        raw = loc.read_bytes()
+    except (NodeNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    held = parse_lock(raw, where=f"part writer record {loc.url}")
+    return None if held.error else held
