@@ -23,7 +23,7 @@ from ..tree.keyed import (
     key_to_json,
 )
 from ..tree.lock import LockInfo
-from ..tree.manifest import read_manifest
+from ..tree.manifest import read_manifest, update_meta
 from ..tree.node import Node
 from ..tree.parts import (
     WRITER_FILE,
@@ -34,7 +34,6 @@ from ..tree.parts import (
 )
 from .combiners import resolve_combiner
 from .target import NodeLike, location_of, require_node
-from .update import update_open_meta
 
 __all__ = ["CONFIG_PART", "add_part", "add_shared", "get_combiner", "set_combiner"]
 
@@ -65,7 +64,7 @@ def set_combiner(node: NodeLike, name: str, **options: Any) -> None:
         meta={"combiner": name, "options": opts},
     )
     if isinstance(node, Node) and node.writing:
-        update_open_meta(loc, {"combiner": name, "combiner_options": opts})
+        update_meta(loc, {"combiner": name, "combiner_options": opts})
 
 
 def get_combiner(node: NodeLike) -> tuple[str, dict[str, Any]] | None:

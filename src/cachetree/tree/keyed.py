@@ -55,11 +55,14 @@ from .node import Node
 __all__ = [
     "INVENTORY",
     "STORE_SUFFIX",
+    "KeyIndex",
     "KeyedStore",
     "canonical_key",
+    "combined_part_ids",
     "key_from_json",
     "key_to_json",
     "keyed_store_names",
+    "read_inventory",
 ]
 
 STORE_SUFFIX = ".keyed"
@@ -332,7 +335,6 @@ class KeyedStore(Mapping):
         mmap: bool = False,
         max_inflight: int = 4,
         workers: int = 2,
-        _writable: bool = False,
     ):
         if name.endswith(STORE_SUFFIX):
             name = name[: -len(STORE_SUFFIX)]
@@ -344,7 +346,6 @@ class KeyedStore(Mapping):
         self.mmap = mmap
         self._rel_tol, self._abs_tol = rel_tol, abs_tol
         self._max_inflight, self._workers = max_inflight, workers
-        self._force_writable = _writable
         self._entries: dict[str, dict[str, Any]] | None = None  # canonical json -> entry
         self._index: KeyIndex | None = None
         self._writer: AsyncWriter | None = None
@@ -470,8 +471,9 @@ class KeyedStore(Mapping):
     # -- writing --------------------------------------------------------------------------
     @property
     def writable(self) -> bool:
-        """Whether :meth:`write` is allowed (the node is open for writing through this handle)."""
-        return self._force_writable or (self.node is not None and self.node.writing)
+        """Whether :meth:`write` is allowed: the node handle is writing (opened for writing, or
+        inside :meth:`Node.update <cachetree.tree.node.Node.update>`)."""
+        return self.node is not None and self.node.writing
 
     def _check_writable(self) -> None:
         if self.writable:
@@ -553,7 +555,7 @@ class KeyedStore(Mapping):
         self._pending.add(file)
         return self._record(stored, file, data.shape, data.dtype, parts)
 
-    def _put_file(
+    def put_file(
         self, key: Key, data: bytes, shape: Any, dtype: Any, parts: Iterable[str] = ()
     ) -> Key:
         """Store an already serialised ``.npy`` file for ``key`` (copies between nodes)."""
@@ -565,6 +567,11 @@ class KeyedStore(Mapping):
         file = old["file"] if old else key_filename(stored) + ".npy"
         self.location.raw_child(file).write_bytes(data)
         return self._record(stored, file, shape, dtype, parts)
+
+    @property
+    def index(self) -> KeyIndex:
+        """The stored keys, for lookups with the store's tolerance."""
+        return self._inventory()[1]
 
     def raw_file(self, key: Any) -> Location:
         """Location of the ``.npy`` file of ``key``."""
@@ -599,7 +606,7 @@ class KeyedStore(Mapping):
         self.location.raw_child(INVENTORY).write_text(json.dumps(doc, indent=0))
         self._dirty = False
         if self.node is not None:
-            self.node._items_meta[self.dirname] = self.summary()
+            self.node.describe_item(self.dirname, self.summary())
 
     def close(self) -> None:
         """Flush and stop the writer. Reading stays possible."""
