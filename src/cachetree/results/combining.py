@@ -32,6 +32,7 @@ from ..tree.keyed import (
     sort_key,
 )
 from ..tree.manifest import now_iso
+from ..tree.node import NodeLike, as_node
 from ..tree.parts import (
     PartInfo,
     list_parts,
@@ -41,7 +42,6 @@ from ..tree.parts import (
 )
 from .adding import combiner_of
 from .combiners import PartView, builtin_names, resolve_combiner
-from .target import NodeLike, as_node
 
 __all__ = ["CombineReport", "combine"]
 

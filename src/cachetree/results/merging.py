@@ -27,7 +27,7 @@ from ..tree.keyed import (
     keyed_store_names,
 )
 from ..tree.manifest import Manifest, Status, update_meta
-from ..tree.node import Node
+from ..tree.node import Node, NodeLike, as_node
 from ..tree.parts import (
     PART_MARKER,
     PartInfo,
@@ -35,7 +35,6 @@ from ..tree.parts import (
     parts_location,
 )
 from .adding import get_combiner
-from .target import NodeLike, as_node
 
 __all__ = ["check_merge", "merge", "split"]
 

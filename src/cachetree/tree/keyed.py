@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -50,7 +49,7 @@ from ..fs.location import Location, validate_name
 from ..fs.records import Field, parse_record
 from ..fs.writer import AsyncWriter
 from .manifest import Status
-from .node import Node
+from .node import Node, NodeLike, location_of
 
 __all__ = [
     "INVENTORY",
@@ -274,12 +273,6 @@ def keyed_store_names(node: Node | Location) -> list[str]:
     )
 
 
-def _as_location(node: Node | Location | str | os.PathLike[str]) -> tuple[Node | None, Location]:
-    if isinstance(node, Node):
-        return node, node.location
-    return None, Location.from_url(node)
-
-
 def _load_file(loc: Location, *, mmap: bool) -> np.ndarray:
     """Read one ``.npy`` file (the single place keyed data is read)."""
     try:
@@ -327,7 +320,7 @@ class KeyedStore(Mapping):
 
     def __init__(
         self,
-        node: Node | Location | str | os.PathLike[str],
+        node: NodeLike,
         name: str = "results",
         *,
         rel_tol: float = 1e-9,
@@ -339,7 +332,8 @@ class KeyedStore(Mapping):
         if name.endswith(STORE_SUFFIX):
             name = name[: -len(STORE_SUFFIX)]
         validate_name(name, what="keyed store name")
-        self.node, node_loc = _as_location(node)
+        self.node = node if isinstance(node, Node) else None
+        node_loc = location_of(node)
         self.name = name
         self.dirname = name + STORE_SUFFIX
         self.location = node_loc.join(self.dirname)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import posixpath
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
@@ -34,9 +35,12 @@ from .manifest import Manifest, Status, now_iso, read_manifest, update_meta, wri
 
 __all__ = [
     "Node",
+    "NodeLike",
     "NodeUpdate",
     "OnStale",
     "OpenMode",
+    "as_node",
+    "location_of",
 ]
 
 
@@ -720,3 +724,17 @@ class NodeUpdate:
         self.node._updating = False
         if not self.finished and self.acquired:
             release_lock(self.node.location)
+
+
+NodeLike = Node | Location | str | os.PathLike
+"""What public functions accept for a node: a :class:`Node`, a location, or a path or URL."""
+
+
+def as_node(node: NodeLike) -> Node:
+    """The node handle for ``node`` (resolved once, at the entry of a public function)."""
+    return node if isinstance(node, Node) else Node(Location.from_url(node))
+
+
+def location_of(node: NodeLike) -> Location:
+    """The directory of ``node`` (resolved once, at the entry of a public function)."""
+    return node.location if isinstance(node, Node) else Location.from_url(node)
