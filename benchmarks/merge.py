@@ -62,7 +62,7 @@ def run_naive(args: argparse.Namespace, out: Path) -> None:
     import numpy as np
     import zarr
 
-    from cachetree.images.pyramid import default_compressor
+    from cachetree.images.policy import compressor
 
     batches, pool = make_batches(args)
     H = W = args.size
@@ -85,7 +85,7 @@ def run_naive(args: argparse.Namespace, out: Path) -> None:
             shape=arr.shape,
             chunks=(512, 512, arr.shape[2]),
             dtype=arr.dtype,
-            compressors=default_compressor(arr.dtype),
+            compressors=compressor(arr.dtype),
             zarr_format=2,
             overwrite=True,
         )

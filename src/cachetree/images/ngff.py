@@ -24,11 +24,11 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import zarr
-from numcodecs import Blosc
 from tqdm import tqdm
 
 from ..errors import DTypeMismatchError, InvalidDataError, NodeNotFoundError, ShapeMismatchError
 from ..fs.location import Location, fsync_path, temp_name
+from .policy import compressor, downsample_2x2
 
 __all__ = [
     "AXIS_ORDER",
@@ -460,7 +460,7 @@ def _write_pyramid(
                     shape=shape,
                     chunks=chunks,
                     dtype=source.dtype,
-                    compressors=_compressor(source.dtype),
+                    compressors=compressor(source.dtype),
                     chunk_key_encoding={"name": "v2", "separator": "/"},
                     fill_value=0,
                 )
@@ -477,12 +477,6 @@ def _write_pyramid(
         finally:
             del _BARS[bar_key]
     return limits
-
-
-def _compressor(dtype: np.dtype) -> Blosc:
-    """Blosc zstd; bit shuffle for bytes, byte shuffle for wider types."""
-    shuffle = Blosc.BITSHUFFLE if dtype.itemsize == 1 else Blosc.SHUFFLE
-    return Blosc(cname="zstd", clevel=3, shuffle=shuffle)
 
 
 def _store(
@@ -545,25 +539,7 @@ def _write_block(
 def _downsample(level: da.Array, labels: bool) -> da.Array:
     """Next level: y and x halved, rounding up (blocks must start at even y/x offsets)."""
     chunks = level.chunks[:-2] + tuple(tuple(-(-c // 2) for c in cs) for cs in level.chunks[-2:])
-    return level.map_blocks(_pick_2x2 if labels else _mean_2x2, chunks=chunks, dtype=level.dtype)
-
-
-def _mean_2x2(block: np.ndarray) -> np.ndarray:
-    """2x2 mean over the last two axes in float64, rounded back to integer dtypes.
-
-    An odd last row or column is averaged over the pixels that exist.
-    """
-    pad = [(0, 0)] * (block.ndim - 2) + [(0, n % 2) for n in block.shape[-2:]]
-    b = np.pad(block.astype(np.float64), pad, mode="edge")
-    mean = (b[..., ::2, ::2] + b[..., 1::2, ::2] + b[..., ::2, 1::2] + b[..., 1::2, 1::2]) / 4
-    if not np.issubdtype(block.dtype, np.floating):
-        mean = np.rint(mean)
-    return mean.astype(block.dtype)
-
-
-def _pick_2x2(block: np.ndarray) -> np.ndarray:
-    """Every other pixel in y and x: labels are never averaged."""
-    return block[..., ::2, ::2]
+    return level.map_blocks(downsample_2x2, labels=labels, chunks=chunks, dtype=level.dtype)
 
 
 # -- metadata ------------------------------------------------------------------------------

@@ -28,15 +28,9 @@ from tqdm import tqdm
 
 from ..errors import InvalidDataError, NodeNotFoundError, ShapeMismatchError
 from ..fs.location import Location
-from . import ngff
+from . import ngff, policy
 
-__all__ = ["ImageWriter", "PyramidAssembler", "build_pyramid", "default_compressor", "mean_2x2"]
-
-
-def default_compressor(dtype: np.dtype) -> Blosc:
-    """Blosc lz4: fast enough not to slow a streaming merge (bit shuffle for bytes)."""
-    shuffle = Blosc.BITSHUFFLE if np.dtype(dtype).itemsize == 1 else Blosc.SHUFFLE
-    return Blosc(cname="lz4", clevel=5, shuffle=shuffle)
+__all__ = ["ImageWriter", "PyramidAssembler", "build_pyramid"]
 
 
 class ImageWriter:
@@ -115,7 +109,7 @@ class ImageWriter:
             Stop adding levels once the larger of y and x is at most ``min_size`` or there
             are ``max_levels`` levels.
         compressor
-            Blosc compressor (default: :func:`default_compressor`).
+            Blosc compressor (default: :func:`cachetree.images.policy.compressor`).
         """
         loc = Location.from_url(location)
         dtype = np.dtype(dtype)
@@ -133,7 +127,7 @@ class ImageWriter:
                 f"min_size ({min_size}) and max_levels ({max_levels}) must be at least 1"
             )
         shapes = ngff.level_shapes(shape_t, min_size, max_levels)
-        compressor = compressor or default_compressor(dtype)
+        compressor = compressor or policy.compressor(dtype)
         loc.remove()
         group = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=2)
         for index, level_shape in enumerate(shapes):
@@ -203,7 +197,7 @@ class ImageWriter:
         blosc = (
             Blosc(**{k: v for k, v in compressor.items() if k != "id"})
             if compressor
-            else default_compressor(dtype)
+            else policy.compressor(dtype)
         )
         group = zarr.open_group(loc.zarr_store(), mode="a", zarr_format=2)
         for index, level_shape in enumerate(shapes[1:], start=1):
@@ -359,7 +353,7 @@ class ImageWriter:
             ]
             rows.append(np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0])
         block = np.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
-        self.write_chunk(level, index, mean_2x2(block))
+        self.write_chunk(level, index, policy.mean_2x2(block))
 
     def finish(
         self,
@@ -435,7 +429,9 @@ class PyramidAssembler:
             return
         *lead, ty, tx = (int(i) for i in index)
         target = (level + 1, *lead, ty // 2, tx // 2)
-        down = None if block is None else mean_2x2(np.asarray(block).reshape(block.shape[-2:]))
+        down = (
+            None if block is None else policy.mean_2x2(np.asarray(block).reshape(block.shape[-2:]))
+        )
         with self._lock:
             entry = self._pending.get(target)
             if entry is None:
@@ -522,31 +518,6 @@ def finite_range(block: np.ndarray) -> tuple[float, float]:
     if finite.size == 0:
         return math.nan, math.nan
     return float(finite.min()), float(finite.max())
-
-
-def mean_2x2(block: np.ndarray) -> np.ndarray:
-    """Halve y and x (the last two axes) by 2x2 means, rounding the size up.
-
-    An odd last row or column is averaged with itself (edge replication), as
-    :func:`cachetree.images.ngff.write_image` does. Floats are averaged in their own precision
-    (at least float32), integers in float64 and rounded back.
-    """
-    h, w = block.shape[-2:]
-    if h % 2 or w % 2:
-        pad = [(0, 0)] * (block.ndim - 2) + [(0, h % 2), (0, w % 2)]
-        block = np.pad(block, pad, mode="edge")
-    work = np.result_type(block.dtype, np.float32) if block.dtype.kind == "f" else np.float64
-    b = block.astype(work, copy=False)
-    mean = b[..., ::2, ::2] + b[..., 1::2, ::2]
-    mean += b[..., ::2, 1::2]
-    mean += b[..., 1::2, 1::2]
-    mean *= 0.25
-    if block.dtype.kind == "b":
-        return mean >= 0.5
-    if block.dtype.kind != "f":
-        info = np.iinfo(block.dtype)
-        return np.clip(np.rint(mean), info.min, info.max).astype(block.dtype)
-    return mean.astype(block.dtype, copy=False)
 
 
 def _chunks(shape: tuple[int, ...], chunk: int) -> tuple[int, ...]:

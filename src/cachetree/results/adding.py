@@ -14,6 +14,7 @@ import numpy as np
 
 from ..errors import (
     InvalidDataError,
+    NodeNotFoundError,
 )
 from ..fs.location import Location, validate_name
 from ..tree.fingerprint import to_jsonable
@@ -23,8 +24,8 @@ from ..tree.keyed import (
     key_to_json,
 )
 from ..tree.lock import LockInfo
-from ..tree.manifest import read_manifest
-from ..tree.node import Node
+from ..tree.manifest import Manifest, read_manifest, update_meta
+from ..tree.node import Node, NodeLike, location_of
 from ..tree.parts import (
     WRITER_FILE,
     PartInfo,
@@ -33,8 +34,6 @@ from ..tree.parts import (
     write_part,
 )
 from .combiners import resolve_combiner
-from .target import NodeLike, location_of, require_node
-from .update import update_open_meta
 
 __all__ = ["CONFIG_PART", "add_part", "add_shared", "get_combiner", "set_combiner"]
 
@@ -65,7 +64,7 @@ def set_combiner(node: NodeLike, name: str, **options: Any) -> None:
         meta={"combiner": name, "options": opts},
     )
     if isinstance(node, Node) and node.writing:
-        update_open_meta(loc, {"combiner": name, "combiner_options": opts})
+        update_meta(loc, {"combiner": name, "combiner_options": opts})
 
 
 def get_combiner(node: NodeLike) -> tuple[str, dict[str, Any]] | None:
@@ -176,3 +175,14 @@ def _write_part(
         kind=kind,
         meta=info,
     )
+
+
+def require_node(loc: Location) -> Manifest:
+    """The manifest of the node at ``loc``; a clear error when there is no node to add to."""
+    try:
+        return read_manifest(loc)
+    except NodeNotFoundError as exc:
+        raise NodeNotFoundError(
+            f"no cache node at {loc.url}: open the node (tree.node(...).open()) before adding "
+            "parts to it"
+        ) from exc

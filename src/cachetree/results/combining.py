@@ -32,6 +32,7 @@ from ..tree.keyed import (
     sort_key,
 )
 from ..tree.manifest import now_iso
+from ..tree.node import NodeLike, as_node
 from ..tree.parts import (
     PartInfo,
     list_parts,
@@ -41,8 +42,6 @@ from ..tree.parts import (
 )
 from .adding import combiner_of
 from .combiners import PartView, builtin_names, resolve_combiner
-from .target import NodeLike, as_node
-from .update import NodeUpdate
 
 __all__ = ["CombineReport", "combine"]
 
@@ -174,7 +173,7 @@ def combine(
     node = as_node(node)
     loc = node.location
     report = CombineReport(node.url)
-    with NodeUpdate(node) as update:
+    with node.update() as update:
         all_parts = list_parts(loc)
         data_parts = [p for p in all_parts if p.kind == "part"]
         done_ids = combined_part_ids(loc)
@@ -199,9 +198,7 @@ def combine(
             opts = {}
         report.combiner = name
         groups = _group_by_key(pending, rel_tol, abs_tol)
-        results = KeyedStore(
-            node, store, rel_tol=rel_tol, abs_tol=abs_tol, max_inflight=2, _writable=True
-        )
+        results = KeyedStore(node, store, rel_tol=rel_tol, abs_tol=abs_tol, max_inflight=2)
         clashes = [key for key, _ in groups if key in results]
         if clashes:
             raise IncompatibleError(

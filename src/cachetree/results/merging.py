@@ -26,8 +26,8 @@ from ..tree.keyed import (
     key_to_json,
     keyed_store_names,
 )
-from ..tree.manifest import Manifest, Status
-from ..tree.node import Node
+from ..tree.manifest import Manifest, Status, update_meta
+from ..tree.node import Node, NodeLike, as_node
 from ..tree.parts import (
     PART_MARKER,
     PartInfo,
@@ -35,8 +35,6 @@ from ..tree.parts import (
     parts_location,
 )
 from .adding import get_combiner
-from .target import NodeLike, as_node
-from .update import NodeUpdate, update_open_meta
 
 __all__ = ["check_merge", "merge", "split"]
 
@@ -125,7 +123,7 @@ def check_merge(
                     f"store {name!r}: every key has {what} {t_val} in the target but "
                     f"{s_val} in the source"
                 )
-        _, t_index = t_store._inventory()
+        t_index = t_store.index
         by_key = {json.dumps(key_to_json(e["key"])): e for e in t_entries}
         for e in s_entries:
             try:
@@ -205,21 +203,21 @@ def merge(
     """
     _check_on_conflict(on_conflict)
     target, source = as_node(target), as_node(source)
-    with NodeUpdate(target) as update:
+    with target.update() as update:
         diffs = check_merge(target, source, on_conflict=on_conflict, check_params=check_params)
         if diffs:
             raise IncompatibleError(f"cannot merge {source.url} into {target.url}", diffs)
         s_comb, t_comb = get_combiner(source), get_combiner(target)
         for name in keyed_store_names(source):
             s_store = KeyedStore(source, name)
-            with KeyedStore(target, name, _writable=True) as t_store:
+            with KeyedStore(target, name) as t_store:
                 for e in tqdm(
                     s_store.entries(), desc=f"merging {name}", unit="key", disable=not progress
                 ):
                     if on_conflict == "skip" and e["key"] in t_store:
                         continue
                     data = s_store.location.raw_child(e["file"]).read_bytes()
-                    t_store._put_file(e["key"], data, e["shape"], e["dtype"], e.get("parts", ()))
+                    t_store.put_file(e["key"], data, e["shape"], e["dtype"], e.get("parts", ()))
         t_parts = {p.name: p for p in list_parts(target.location)}
         for p in list_parts(source.location):
             q = t_parts.get(p.name)
@@ -326,7 +324,7 @@ def split(
             with KeyedStore(t, name) as t_store:
                 for e in entries:
                     data = st.location.raw_child(e["file"]).read_bytes()
-                    t_store._put_file(e["key"], data, e["shape"], e["dtype"], e.get("parts", ()))
+                    t_store.put_file(e["key"], data, e["shape"], e["dtype"], e.get("parts", ()))
         for p in all_parts:
             if p.kind == "part" and (p.key is None or wanted.find(key_from_json(p.key)) is None):
                 continue
@@ -334,7 +332,7 @@ def split(
         meta: dict[str, Any] = {"split_from": node.url}
         if combiner:
             meta.update(combiner=combiner[0], combiner_options=combiner[1])
-        update_open_meta(t.location, meta)
+        update_meta(t.location, meta)
         t.commit()
     return targets
 

@@ -196,9 +196,14 @@ def _still_needed(entry: CleanEntry, current: str | None) -> str | None:
     return None
 
 
+_NODE_FILES = (MANIFEST, LOCK, f".{MANIFEST}{TMP_MARK}", f".{LOCK}{TMP_MARK}")
+"""A folder holding one of these (a manifest or lock, or one being written) is a node, or is
+becoming one."""
+
+
 def _looks_like_node(loc: Location) -> bool:
-    """Whether ``loc`` is a directory holding a manifest or a lock (a node, maybe new)."""
-    return loc.raw_child(MANIFEST).exists() or loc.raw_child(LOCK).exists()
+    """Whether ``loc`` is a directory holding a manifest or a lock, or one being written."""
+    return any(name.startswith(_NODE_FILES) for name in loc.ls())
 
 
 def _holds_nodes(loc: Location) -> bool:
@@ -225,8 +230,8 @@ def format_bytes(n: int | None) -> str:
 def _own_entries(loc: Location, info: NodeInfo, *, keep_parts: bool) -> list[Location]:
     """Files and folders of an uncommitted node that are not its child nodes.
 
-    A folder holding a manifest or a lock is a child node being created, and an empty
-    folder younger than :data:`YOUNG` may become one: both are kept.
+    A folder holding a manifest or a lock (or one being written) is a child node being
+    created, and an empty folder younger than :data:`YOUNG` may become one: both are kept.
     """
     keep = set(info.children) | {MANIFEST, LOCK}
     if keep_parts:

@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
@@ -50,16 +49,19 @@ from ..fs.location import Location, validate_name
 from ..fs.records import Field, parse_record
 from ..fs.writer import AsyncWriter
 from .manifest import Status
-from .node import Node
+from .node import Node, NodeLike, location_of
 
 __all__ = [
     "INVENTORY",
     "STORE_SUFFIX",
+    "KeyIndex",
     "KeyedStore",
     "canonical_key",
+    "combined_part_ids",
     "key_from_json",
     "key_to_json",
     "keyed_store_names",
+    "read_inventory",
 ]
 
 STORE_SUFFIX = ".keyed"
@@ -271,12 +273,6 @@ def keyed_store_names(node: Node | Location) -> list[str]:
     )
 
 
-def _as_location(node: Node | Location | str | os.PathLike[str]) -> tuple[Node | None, Location]:
-    if isinstance(node, Node):
-        return node, node.location
-    return None, Location.from_url(node)
-
-
 def _load_file(loc: Location, *, mmap: bool) -> np.ndarray:
     """Read one ``.npy`` file (the single place keyed data is read)."""
     try:
@@ -324,7 +320,7 @@ class KeyedStore(Mapping):
 
     def __init__(
         self,
-        node: Node | Location | str | os.PathLike[str],
+        node: NodeLike,
         name: str = "results",
         *,
         rel_tol: float = 1e-9,
@@ -332,19 +328,18 @@ class KeyedStore(Mapping):
         mmap: bool = False,
         max_inflight: int = 4,
         workers: int = 2,
-        _writable: bool = False,
     ):
         if name.endswith(STORE_SUFFIX):
             name = name[: -len(STORE_SUFFIX)]
         validate_name(name, what="keyed store name")
-        self.node, node_loc = _as_location(node)
+        self.node = node if isinstance(node, Node) else None
+        node_loc = location_of(node)
         self.name = name
         self.dirname = name + STORE_SUFFIX
         self.location = node_loc.join(self.dirname)
         self.mmap = mmap
         self._rel_tol, self._abs_tol = rel_tol, abs_tol
         self._max_inflight, self._workers = max_inflight, workers
-        self._force_writable = _writable
         self._entries: dict[str, dict[str, Any]] | None = None  # canonical json -> entry
         self._index: KeyIndex | None = None
         self._writer: AsyncWriter | None = None
@@ -470,8 +465,9 @@ class KeyedStore(Mapping):
     # -- writing --------------------------------------------------------------------------
     @property
     def writable(self) -> bool:
-        """Whether :meth:`write` is allowed (the node is open for writing through this handle)."""
-        return self._force_writable or (self.node is not None and self.node.writing)
+        """Whether :meth:`write` is allowed: the node handle is writing (opened for writing, or
+        inside :meth:`Node.update <cachetree.tree.node.Node.update>`)."""
+        return self.node is not None and self.node.writing
 
     def _check_writable(self) -> None:
         if self.writable:
@@ -553,7 +549,7 @@ class KeyedStore(Mapping):
         self._pending.add(file)
         return self._record(stored, file, data.shape, data.dtype, parts)
 
-    def _put_file(
+    def put_file(
         self, key: Key, data: bytes, shape: Any, dtype: Any, parts: Iterable[str] = ()
     ) -> Key:
         """Store an already serialised ``.npy`` file for ``key`` (copies between nodes)."""
@@ -565,6 +561,11 @@ class KeyedStore(Mapping):
         file = old["file"] if old else key_filename(stored) + ".npy"
         self.location.raw_child(file).write_bytes(data)
         return self._record(stored, file, shape, dtype, parts)
+
+    @property
+    def index(self) -> KeyIndex:
+        """The stored keys, for lookups with the store's tolerance."""
+        return self._inventory()[1]
 
     def raw_file(self, key: Any) -> Location:
         """Location of the ``.npy`` file of ``key``."""
@@ -599,7 +600,7 @@ class KeyedStore(Mapping):
         self.location.raw_child(INVENTORY).write_text(json.dumps(doc, indent=0))
         self._dirty = False
         if self.node is not None:
-            self.node._items_meta[self.dirname] = self.summary()
+            self.node.describe_item(self.dirname, self.summary())
 
     def close(self) -> None:
         """Flush and stop the writer. Reading stays possible."""

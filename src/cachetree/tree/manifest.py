@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -22,6 +23,7 @@ __all__ = [
     "manifest_location",
     "now_iso",
     "read_manifest",
+    "update_meta",
     "write_manifest",
 ]
 
@@ -179,3 +181,10 @@ def read_manifest(node: Location) -> Manifest:
 def write_manifest(node: Location, manifest: Manifest) -> None:
     """Write the manifest atomically (temp + fsync + rename locally, one put remotely)."""
     manifest_location(node).write_text(manifest.to_json())
+
+
+def update_meta(node: Location, meta: Mapping[str, Any]) -> None:
+    """Merge ``meta`` into the ``meta`` of the manifest of ``node`` (read, update, write)."""
+    manifest = read_manifest(node)
+    manifest.meta.update(meta)
+    write_manifest(node, manifest)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import posixpath
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,12 +31,16 @@ from .fingerprint import fingerprint, to_jsonable
 from .inventory import is_own_entry, scan_items
 from .layout import LOCK, MANIFEST, PARTS
 from .lock import acquire_lock, break_lock, read_lock, release_lock
-from .manifest import Manifest, Status, now_iso, read_manifest, write_manifest
+from .manifest import Manifest, Status, now_iso, read_manifest, update_meta, write_manifest
 
 __all__ = [
     "Node",
+    "NodeLike",
+    "NodeUpdate",
     "OnStale",
     "OpenMode",
+    "as_node",
+    "location_of",
 ]
 
 
@@ -132,6 +137,7 @@ class Node:
         self.open_mode: OpenMode | None = None
         self.stale_reason: str | None = None
         self._writing = False
+        self._updating = False
         self._log_lines: list[str] = []
         self._items_meta: dict[str, dict[str, Any]] = {}
         self._writer: AsyncWriter | None = None
@@ -188,8 +194,9 @@ class Node:
 
     @property
     def writing(self) -> bool:
-        """Whether this handle opened the node for writing and has not committed it yet."""
-        return self._writing
+        """Whether this handle may write items now: it opened the node for writing and has not
+        committed it yet, or it is inside :meth:`update`."""
+        return self._writing or self._updating
 
     @property
     def fingerprint(self) -> str:
@@ -385,11 +392,7 @@ class Node:
             )
         self._close_writer()
         self._flush_log()
-        items = scan_items(self.location, set(self.child_names()))
-        for name, extra in self._items_meta.items():
-            if name in items:
-                items[name].update(extra)
-        manifest.items = items
+        manifest.items = self._scan_items()
         manifest.status = Status.COMMITTED
         manifest.committed = now_iso()
         write_manifest(self.location, manifest)
@@ -399,6 +402,31 @@ class Node:
         self._writing = False
         log.info("committed %s", self.url)
         return self
+
+    def _scan_items(self) -> dict[str, dict[str, Any]]:
+        """The inventory of the node's items as stored now, with what writers described."""
+        items = scan_items(self.location, set(self.child_names()))
+        for name, extra in self._items_meta.items():
+            if name in items:
+                items[name].update(extra)
+        return items
+
+    def describe_item(self, name: str, meta: Mapping[str, Any]) -> None:
+        """Add fields to the inventory record of item ``name`` (written at the next commit or
+        at the end of an :meth:`update`)."""
+        self._items_meta[name] = dict(meta)
+
+    def update(self) -> NodeUpdate:
+        """A context in which results are added to this node, open or committed.
+
+        The node's lock is held (taken unless this handle writes the node already) and
+        :attr:`writing` is true inside it. :meth:`NodeUpdate.finish` publishes: an open node is
+        committed; a committed node stays committed with a refreshed inventory and ``meta``
+        merged into its manifest (new files are written before their inventory, and that
+        before the manifest, so readers never see a listed file missing). Leaving the context
+        without finishing leaves the node as it was and frees a lock taken here.
+        """
+        return NodeUpdate(self)
 
     def abandon(self) -> None:
         """Stop writing without committing: the node stays uncommitted and the lock is freed."""
@@ -468,7 +496,7 @@ class Node:
 
     # -- writing items ----------------------------------------------------------------
     def _check_writable(self) -> None:
-        if not self._writing:
+        if not self.writing:
             state = "committed" if self.status is Status.COMMITTED else "not opened for writing"
             raise FinalizedError(
                 f"node {self.url} is {state}; open it (with new params to recompute) before "
@@ -653,3 +681,60 @@ class Node:
         if manifest.status is not Status.COMMITTED:
             raise NotCommittedError(f"node {self.url} is not committed yet")
         return manifest
+
+
+class NodeUpdate:
+    """What :meth:`Node.update` returns; see there."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.acquired = False
+        self.finished = False
+
+    def __enter__(self) -> NodeUpdate:
+        loc = self.node.location
+        self.manifest = read_manifest(loc)  # NodeNotFoundError / CorruptManifestError
+        if not self.node.writing:
+            held = read_lock(loc)
+            mine_already = held is not None and held.is_mine()
+            acquire_lock(loc)
+            self.acquired = not mine_already
+            self.manifest = read_manifest(loc)  # as it is now that the node is ours
+        self.committed = self.manifest.status is Status.COMMITTED
+        self.node._updating = True
+        return self
+
+    def finish(self, meta: Mapping[str, Any]) -> None:
+        """Publish: commit an open node, or refresh a committed one, with ``meta`` merged in."""
+        loc = self.node.location
+        if self.committed:
+            manifest = read_manifest(loc)
+            manifest.items = self.node._scan_items()
+            manifest.meta.update(meta, updated=now_iso())
+            write_manifest(loc, manifest)
+            if self.acquired:
+                release_lock(loc)
+        else:
+            update_meta(loc, meta)
+            self.node.commit()
+        self.node._updating = False
+        self.finished = True
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        self.node._updating = False
+        if not self.finished and self.acquired:
+            release_lock(self.node.location)
+
+
+NodeLike = Node | Location | str | os.PathLike
+"""What public functions accept for a node: a :class:`Node`, a location, or a path or URL."""
+
+
+def as_node(node: NodeLike) -> Node:
+    """The node handle for ``node`` (resolved once, at the entry of a public function)."""
+    return node if isinstance(node, Node) else Node(Location.from_url(node))
+
+
+def location_of(node: NodeLike) -> Location:
+    """The directory of ``node`` (resolved once, at the entry of a public function)."""
+    return node.location if isinstance(node, Node) else Location.from_url(node)

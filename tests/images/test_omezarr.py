@@ -119,7 +119,7 @@ def test_default_axes_and_chunks(tmp_path):
     assert z1.chunks == (1, 300, 512)
     assert z0.metadata.zarr_format == 2
     assert z0.metadata.dimension_separator == "/"
-    assert z0.metadata.compressor.cname == "zstd"
+    assert z0.metadata.compressor.cname == "lz4"  # the one image policy (images.policy)
     assert write_image(tmp_path / "l.zarr", np.zeros((2, 9, 9), np.int32), labels=True).axes == (
         "z",
         "y",

@@ -39,9 +39,9 @@ from cachetree.tree.clean import plan_clean
 from cachetree.tree.layout import PARTS
 from cachetree.tree.lock import LockInfo
 from cachetree.tree.parts import list_parts
+from tests.paths import REPO
 from tests.workers.combiners import KEYS, expected_mean, part_arrays, part_key
 
-REPO = Path(__file__).resolve().parents[1]
 USER = "tests.workers.combiners"
 
 

@@ -22,10 +22,10 @@ from cachetree.errors import (
 )
 from cachetree.tree.layout import LOCK, MANIFEST, PARTS
 from cachetree.tree.lock import acquire_lock, read_lock
+from tests.paths import REPO, WORKERS
 from tests.workers.churn_nodes import content, node_path
 
-WORKERS = Path(__file__).parent / "workers"
-ENV = {**os.environ, "PYTHONPATH": str(WORKERS.parents[1])}
+ENV = {**os.environ, "PYTHONPATH": str(REPO)}
 
 
 def _spawn(*args: str) -> subprocess.Popen:
@@ -262,6 +262,7 @@ import numpy as np
 import cachetree.canvas as cv
 from cachetree import CacheTree
 from cachetree.canvas import Canvas
+from tests.paths import REPO, WORKERS
 
 def die(parts_root, names):
     for name in names[:1]:  # remove one marker, as the removal does first, then die

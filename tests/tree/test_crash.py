@@ -14,13 +14,14 @@ import pytest
 
 from cachetree import CacheTree, Status
 from cachetree.errors import CacheTreeError
+from tests.paths import REPO, WORKERS
 from tests.workers.write_node import expected_image
 
-WORKER = Path(__file__).parent / "workers" / "write_node.py"
+WORKER = WORKERS / "write_node.py"
 
 
 def run_worker(root: Path, pause: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(WORKER.parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(root), str(pause)],
         stdout=subprocess.PIPE,
