@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,16 +87,50 @@ def _merge_row(
     return row, hits
 
 
+def stacked(blocks: list[np.ndarray], rows_per_chunk: int | None = None) -> da.Array:
+    """A dask array stacking ``blocks`` along axis 0, one chunk each (no copy).
+
+    ``da.from_array`` copies a numpy input; this graph holds the blocks themselves. With
+    ``rows_per_chunk`` a single block is cut into chunks of that many rows (views) instead.
+    The blocks are also kept on the array, so that our own readers skip dask.
+    """
+    if rows_per_chunk is not None:
+        (whole,) = blocks
+        starts = range(0, max(len(whole), 1), rows_per_chunk)
+        blocks = [whole[start : start + rows_per_chunk] for start in starts]
+    name = f"cachetree-compat-{uuid.uuid4().hex}"
+    tail = (0,) * (blocks[0].ndim - 1)
+    graph = {(name, i, *tail): block for i, block in enumerate(blocks)}
+    chunks = (tuple(len(b) for b in blocks), *((n,) for n in blocks[0].shape[1:]))
+    array = da.Array(graph, name, chunks, dtype=blocks[0].dtype)
+    array._compat_blocks = blocks
+    return array
+
+
+def row_blocks(rows: Any) -> Iterator[np.ndarray]:
+    """The chunks of ``rows`` along axis 0 as numpy arrays, one at a time."""
+    blocks = getattr(rows, "_compat_blocks", None)
+    if blocks is not None and sum(len(b) for b in blocks) == rows.shape[0]:
+        yield from blocks
+    elif isinstance(rows, da.Array):
+        for b in range(rows.numblocks[0]):
+            yield np.asarray(rows.blocks[b].compute(scheduler="sync"))
+    else:
+        yield np.asarray(rows)
+
+
 def _stack(old: da.Array | None, new: np.ndarray) -> da.Array:
-    block = da.from_array(new, chunks=new.shape, name=False)
-    if old is None:
-        return block
-    if old.shape[1:] != block.shape[1:]:
+    if old is not None and old.shape[1:] != new.shape[1:]:
         raise ShapeMismatchError(
-            f"row block {block.shape} does not match the rows before it {old.shape}: pass "
+            f"row block {new.shape} does not match the rows before it {old.shape}: pass "
             "canvas_width so that every row has the same width"
         )
-    return da.concatenate([old, block], axis=0)
+    if old is None:
+        return stacked([new])
+    blocks = getattr(old, "_compat_blocks", None)
+    if blocks is None or sum(len(b) for b in blocks) != old.shape[0]:
+        return da.concatenate([old, stacked([new])], axis=0)  # e.g. TIAToolbox's row blocks
+    return stacked([*blocks, new])
 
 
 def merge_multitask_horizontal(
@@ -193,7 +229,6 @@ def save_multitask_to_cache(
         hits = count[idx]
         if values is None or hits is None:
             continue
-        values, hits = da.asarray(values), da.asarray(hits)
         if values.shape[0] != hits.shape[0]:
             raise ShapeMismatchError(
                 f"head {idx}: canvas {values.shape} and count {hits.shape} do not match"
@@ -204,7 +239,7 @@ def save_multitask_to_cache(
                 store[idx] = group.create_array(
                     f"{name}/{idx}",
                     shape=(0, *rows.shape[1:]),
-                    chunks=(rows.chunks[0][0], *rows.shape[1:]),
+                    chunks=(_rows_per_chunk(rows), *rows.shape[1:]),
                     dtype=rows.dtype,
                     compressors=None,
                     overwrite=True,
@@ -213,14 +248,18 @@ def save_multitask_to_cache(
     return canvas_zarr, count_zarr
 
 
-def _append_rows(target: Any, rows: da.Array) -> None:
+def _rows_per_chunk(rows: Any) -> int:
+    chunks = getattr(rows, "chunks", None)
+    return int(chunks[0][0]) if chunks else max(int(rows.shape[0]), 1)
+
+
+def _append_rows(target: Any, rows: Any) -> None:
     if tuple(target.shape[1:]) != tuple(rows.shape[1:]):
         raise ShapeMismatchError(
             f"rows {rows.shape[1:]} do not match the spilled rows {tuple(target.shape[1:])}"
         )
     start = target.shape[0]
     target.resize((start + rows.shape[0], *target.shape[1:]))
-    for b in range(rows.numblocks[0]):
-        block = np.asarray(rows.blocks[b].compute())
+    for block in row_blocks(rows):
         target[start : start + len(block)] = block
         start += len(block)

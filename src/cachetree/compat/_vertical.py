@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,22 @@ import zarr
 from tqdm import tqdm
 
 from ..errors import ShapeMismatchError
-from ._rows import SPILL_MARK
+from ._rows import SPILL_MARK, row_blocks, stacked
 
 
-def _read(rows: Any, start: int, stop: int) -> np.ndarray:
-    part = rows[start:stop]
-    return np.asarray(part.compute() if isinstance(part, da.Array) else part)
+def _rows_of(rows: Any, row_h: int) -> Iterator[np.ndarray]:
+    """Row blocks of ``row_h`` rows each, whatever the chunking of ``rows``."""
+    pending: list[np.ndarray] = []
+    held = 0
+    for block in row_blocks(rows):
+        while len(block):
+            take = min(row_h - held, len(block))
+            pending.append(block[:take])
+            held += take
+            block = block[take:]
+            if held == row_h:
+                yield pending[0] if len(pending) == 1 else np.concatenate(pending)
+                pending, held = [], 0
 
 
 class _InPlace:
@@ -35,8 +46,7 @@ class _InPlace:
         np.divide(self.acc[start:stop], denom[: stop - start], out=self.acc[start:stop])
 
     def result(self, out_h: int, out_w: int, chunk: int) -> da.Array:
-        out = self.acc[:out_h, :out_w]
-        return da.from_array(out, chunks=(chunk, *out.shape[1:]), name=False)
+        return stacked([self.acc[:out_h, :out_w]], chunk)
 
 
 class _Band:
@@ -93,7 +103,7 @@ class _ArraySink:
         self.flush()
         chunks = (len(self.buffer), *self.row_shape)
         if isinstance(self.target, np.ndarray):
-            return da.from_array(self.target, chunks=chunks, name=False)
+            return stacked([self.target], len(self.buffer))
         return da.from_zarr(self.target, chunks=chunks)
 
 
@@ -227,9 +237,10 @@ def _sweep(
         desc=f"Merging rows for probability map {idx}",
         disable=not verbose,
     )
-    for i in rows:
+    blocks = zip(_rows_of(values, row_h), _rows_of(hits, row_h), strict=True)
+    for i, (sums, hit) in zip(rows, blocks, strict=False):
         top = int(tops[i])
         settle(top)
-        acc.add(top, _read(values, i * row_h, (i + 1) * row_h))
-        counts += _read(hits, i * row_h, (i + 1) * row_h).reshape(counts.shape)
+        acc.add(top, sums)
+        counts += hit.reshape(counts.shape)
     settle(int(tops[-1]) + row_h)
