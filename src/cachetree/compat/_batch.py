@@ -76,32 +76,39 @@ def match_front(batch_locs: np.ndarray, full: np.ndarray) -> np.ndarray:
     return np.fromiter((lookup[key] for key in wanted), dtype=np.int64, count=len(wanted))
 
 
+#: Chunk files side by side (``c.0.0.0.0``) instead of one directory level per dimension:
+#: these arrays are temporary, and deleting a deep tree of directories is slow.
+FLAT_KEYS = {"name": "default", "separator": "."}
+
+
 def _spill_batch(
     head: np.ndarray, matches: np.ndarray, total: int, save_path: Path | str
 ) -> zarr.Array:
     """The aligned batch as a Zarr array in a fresh ``full_batch_tmp_*`` folder of save_path.
 
-    One chunk per location, uncompressed (it is read back once); gap rows are never written
-    (they read as the fill value 0).
+    Chunks of one batch's length, as TIAToolbox's, uncompressed (read back once); a chunk
+    with no predicted location is never written (it reads as the fill value 0), so the
+    memory used is one chunk however large the gaps.
     """
     folder = Path(save_path)
     folder.mkdir(parents=True, exist_ok=True)
     store = zarr.storage.LocalStore(tempfile.mkdtemp(prefix="full_batch_tmp_", dir=folder))
+    rows = max(len(head), 1)
     target = zarr.create_array(
         store,
         shape=(total, *head.shape[1:]),
-        chunks=(1, *head.shape[1:]),
+        chunks=(rows, *head.shape[1:]),
         dtype=head.dtype,
         fill_value=0,
         compressors=None,
+        chunk_key_encoding=FLAT_KEYS,
     )
-    order = np.argsort(matches, kind="stable")
-    rows = matches[order]
-    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-    for run in np.split(np.arange(len(rows)), breaks):
-        if len(run):
-            first = int(rows[run[0]])
-            target[first : first + len(run)] = head[order[run]]
+    for chunk in np.unique(matches // rows):
+        start = int(chunk) * rows
+        block = np.zeros((min(rows, total - start), *head.shape[1:]), head.dtype)
+        inside = (matches >= start) & (matches < start + rows)
+        block[matches[inside] - start] = head[inside]
+        target[start : start + len(block)] = block
     return target
 
 

@@ -14,7 +14,7 @@ import zarr
 from tqdm import tqdm
 
 from ..errors import ShapeMismatchError
-from ._batch import as_boxes, predicted_flags
+from ._batch import FLAT_KEYS, as_boxes, predicted_flags
 
 #: Attribute marking a spill group that :func:`save_multitask_to_cache` created itself, so
 #: that the vertical merge may remove it once it holds nothing any more.
@@ -119,6 +119,13 @@ def row_blocks(rows: Any) -> Iterator[np.ndarray]:
         yield np.asarray(rows)
 
 
+def _materialise(patches: Any) -> np.ndarray:
+    """Patches as numpy; a dask array (aligned batches spilled to Zarr) without threads."""
+    if isinstance(patches, da.Array):
+        return np.asarray(patches.compute(scheduler="sync"))
+    return np.asarray(patches)
+
+
 def _stack(old: da.Array | None, new: np.ndarray) -> da.Array:
     if old is not None and old.shape[1:] != new.shape[1:]:
         raise ShapeMismatchError(
@@ -181,7 +188,7 @@ def merge_multitask_horizontal(
         )
         seg_flags = None if flags is None else flags[:n]
         for idx, patches in enumerate(pending):
-            row, hits = _merge_row(np.asarray(patches[:n]), seg, width, seg_flags)
+            row, hits = _merge_row(_materialise(patches[:n]), seg, width, seg_flags)
             canvas[idx] = _stack(canvas[idx], row)
             count[idx] = _stack(count[idx], hits)
             pending[idx] = patches[n:]
@@ -242,6 +249,7 @@ def save_multitask_to_cache(
                     chunks=(_rows_per_chunk(rows), *rows.shape[1:]),
                     dtype=rows.dtype,
                     compressors=None,
+                    chunk_key_encoding=FLAT_KEYS,
                     overwrite=True,
                 )
             _append_rows(store[idx], rows)

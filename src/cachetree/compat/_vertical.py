@@ -14,6 +14,7 @@ import zarr
 from tqdm import tqdm
 
 from ..errors import ShapeMismatchError
+from ._batch import FLAT_KEYS
 from ._rows import SPILL_MARK, row_blocks, stacked
 
 
@@ -196,6 +197,7 @@ def merge_multitask_vertical_chunkwise(
                 dtype=dtype,
                 fill_value=0,
                 compressors=None,
+                chunk_key_encoding=FLAT_KEYS,
                 overwrite=True,
             )
             acc: Any = _Band(row_h, width, channels, values.dtype, _ArraySink(target, row_h))
