@@ -133,12 +133,14 @@ pip_install() {
 # (torch<2.13, numpy<2.4.4, dask<2026.7.1, ...) cannot be met next to our torch 2.13.0, so it
 # is installed without dependencies, plus the light ones its engine module's imports need.
 # The heavy rest (model zoos, native slide readers) is stubbed in tests/tiatoolbox_loop.py.
-TIATOOLBOX_DEPS=(shapely joblib defusedxml universal-pathlib huggingface_hub scikit-learn)
+# imagecodecs is real although only the slide readers use it: tifffile, imported on the way,
+# would otherwise keep a stub of it for the rest of the test session.
+TIATOOLBOX_DEPS=(shapely joblib defusedxml universal-pathlib huggingface_hub scikit-learn imagecodecs)
 
 install_tiatoolbox() {
     if "$VENV/bin/python" -c '
 import importlib.metadata as m
-import defusedxml, huggingface_hub, joblib, shapely, sklearn, upath
+import defusedxml, huggingface_hub, imagecodecs, joblib, shapely, sklearn, upath
 assert m.version("tiatoolbox") == "2.1.3"' >/dev/null 2>&1; then
         return 0
     fi

@@ -56,6 +56,22 @@ def test_signatures_are_tiatoolbox_213s(tia):
         ]
 
 
+def test_stubs_stay_inside_tiatoolbox(tia):
+    """The stand-ins for unrelated heavy imports are gone from sys.modules after the import,
+    and no module but TIAToolbox's refers to one."""
+    import sys
+
+    assert not [n for n, m in sys.modules.items() if type(m) is tl._Stub]
+    holders = {  # type(), not isinstance(): that would load TIAToolbox's lazy modules
+        name
+        for name, module in list(sys.modules.items())
+        if module is not None
+        for value in list(vars(module).values())
+        if type(value) is tl._Stub
+    }
+    assert holders and all(name.startswith("tiatoolbox.") for name in holders)
+
+
 # ------------------------------------------------------------------ TIAToolbox's own loop
 
 

@@ -2,8 +2,9 @@
 
 The engine module is imported for real. Its import chain also loads unrelated model
 architectures, slide readers and tools whose dependencies are heavy native packages or
-model zoos; exactly these modules are replaced by inert stubs in ``sys.modules`` when they
-are not installed (none of them is used by ``infer_wsi``): see :data:`STUBBED`.
+model zoos; exactly these modules are replaced by inert stubs in ``sys.modules`` while
+TIAToolbox is imported, when they are not installed (``infer_wsi`` uses none of them): see
+:data:`STUBBED`.
 
 ``run_infer_wsi(..., functions=cachetree.compat)`` rebinds the four merge functions in the
 engine module's namespace (nothing else changes) for the duration of the run.
@@ -22,15 +23,14 @@ from typing import Any
 import numpy as np
 
 #: Modules stubbed when missing: model zoos / architectures (timm, torchvision,
-#: transformers), UMAP for graph tools, and native image / slide I/O (OpenCV, imagecodecs,
-#: OpenSlide, SimpleITK).
+#: transformers), UMAP for graph tools, and native image / slide I/O (OpenCV, OpenSlide,
+#: SimpleITK). No module outside TIAToolbox keeps a reference to one of them.
 STUBBED = {
     "timm": ("timm.layers",),
     "torchvision": ("torchvision.models",),
     "transformers": (),
     "umap": (),
     "cv2": (),
-    "imagecodecs": ("imagecodecs.numcodecs",),
     "openslide": (),
     "SimpleITK": (),
 }
@@ -59,13 +59,10 @@ class _Stub(types.ModuleType):
 
 
 def stubbed_modules() -> list[str]:
-    """Install the stubs for the missing modules of :data:`STUBBED`; return their names."""
+    """Install the stubs for the modules of :data:`STUBBED` that are not installed."""
     names = []
     for top, subs in STUBBED.items():
-        if isinstance(sys.modules.get(top), _Stub):
-            names += [top, *subs]
-            continue
-        if importlib.util.find_spec(top) is not None:
+        if top in sys.modules or importlib.util.find_spec(top) is not None:
             continue
         for name in (top, *subs):
             module = _Stub(name)
@@ -76,11 +73,18 @@ def stubbed_modules() -> list[str]:
 
 
 def engine_module() -> types.ModuleType:
-    """``tiatoolbox.models.engine.multi_task_segmentor`` of TIAToolbox 2.1.3."""
-    stubbed_modules()
-    import tiatoolbox
-    from tiatoolbox.models.engine import multi_task_segmentor
+    """``tiatoolbox.models.engine.multi_task_segmentor`` of TIAToolbox 2.1.3.
 
+    The stubs are in ``sys.modules`` only while TIAToolbox is imported (its modules keep
+    their references), so that nothing imported later picks them up.
+    """
+    stubbed = [] if "tiatoolbox.models" in sys.modules else stubbed_modules()
+    try:
+        import tiatoolbox
+        from tiatoolbox.models.engine import multi_task_segmentor
+    finally:
+        for name in stubbed:
+            del sys.modules[name]
     assert tiatoolbox.__version__ == "2.1.3", tiatoolbox.__version__
     tiatoolbox.rcParam["torch_compile_mode"] = "disable"
     return multi_task_segmentor

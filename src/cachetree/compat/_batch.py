@@ -143,10 +143,10 @@ def prepare_multitask_full_batch(
         Directory in which a fresh ``full_batch_tmp_*`` folder holds a head's aligned batch
         when it does not fit in memory.
     memory_threshold
-        As in TIAToolbox: a head's aligned batch is kept in RAM when twice its size plus
-        that of ``canvas_np[idx]`` (the peak while the caller concatenates them) is below
-        ``memory_threshold`` percent of the available memory, else it goes to Zarr. 0
-        always spills.
+        As in TIAToolbox: a head's aligned batch is kept in RAM when twice the sum of its
+        size and that of ``canvas_np[idx]`` (the peak while the caller concatenates them)
+        is below ``memory_threshold`` percent of the available memory, else it goes to
+        Zarr. 0 always spills.
     is_last
         Last batch: the locations left after it are consumed too, as zero padding.
 
