@@ -18,9 +18,10 @@ returning the same structure: a loop written against TIAToolbox, including
   counts, returning one ``(H, W, C)`` dask array per head.
 
 Where the seed documents and TIAToolbox 2.1.3 disagree, these functions follow TIAToolbox:
-row blocks are stacked 3-D arrays (not ``(N_rows, H, W, C)``), ``output_locs_y`` gets one
-``[y0, y1]`` per merged patch, hit counts are uint8, and the vertical merge's seventh
-parameter is ``output_shape``.
+row blocks are stacked 3-D arrays (not ``(N_rows, H, W, C)``) with uint8 counts of one
+channel, spilling computes them a block at a time, ``output_locs`` is returned (not
+extended in place), padding has each head's dtype (not uint8), and an aligned batch is a
+``zarr.Array`` when memory is short.
 
 **Gaps get no weight.** A location inside the grid that was never sent is padded with
 zeros, and the row merge gives it no weight, as TIAToolbox does; TIAToolbox recognises a
