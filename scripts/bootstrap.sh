@@ -2,7 +2,8 @@
 # Idempotent setup for a fresh Debian 12 + Python 3.11 machine (root, no display):
 #   1. the Debian packages napari/Qt6 needs under Xvfb (only when something is missing),
 #   2. a virtualenv at .venv (python3 -m venv),
-#   3. pip install -e ".[all]" (only when pyproject.toml is newer than the stamp file).
+#   3. pip install -e ".[all]" (only when pyproject.toml is newer than the stamp file),
+#   4. TIAToolbox 2.1.3 for tests/test_compat.py (only when it is missing).
 # Quiet on success; on failure prints the tail of the failing step's log and exits non-zero.
 #
 # Knobs:  PYTHON=python3.11            interpreter used to create .venv
@@ -127,9 +128,32 @@ pip_install() {
     say "pip install done in $((SECONDS - t0))s"
 }
 
+# --------------------------------------------------------------------------- tiatoolbox
+# tests/test_compat.py runs TIAToolbox 2.1.3's own MultiTaskSegmentor.infer_wsi. Its pins
+# (torch<2.13, numpy<2.4.4, dask<2026.7.1, ...) cannot be met next to our torch 2.13.0, so it
+# is installed without dependencies, plus the light ones its engine module's imports need.
+# The heavy rest (model zoos, native slide readers) is stubbed in tests/tiatoolbox_loop.py.
+# imagecodecs is real although only the slide readers use it: tifffile, imported on the way,
+# would otherwise keep a stub of it for the rest of the test session.
+TIATOOLBOX_DEPS=(shapely joblib defusedxml universal-pathlib huggingface_hub scikit-learn imagecodecs)
+
+install_tiatoolbox() {
+    if "$VENV/bin/python" -c '
+import importlib.metadata as m
+import defusedxml, huggingface_hub, imagecodecs, joblib, shapely, sklearn, upath
+assert m.version("tiatoolbox") == "2.1.3"' >/dev/null 2>&1; then
+        return 0
+    fi
+    say "installing tiatoolbox 2.1.3 (without its pinned dependencies) for the compat tests"
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+    run_logged pip-tiatoolbox "$VENV/bin/python" -m pip install -q --no-deps "tiatoolbox==2.1.3"
+    run_logged pip-tiatoolbox-deps "$VENV/bin/python" -m pip install -q "${TIATOOLBOX_DEPS[@]}"
+}
+
 install_system_packages
 make_venv
 pip_install
+install_tiatoolbox
 if ((DID_WORK)); then
     say "ready ($((SECONDS - START))s)"
 fi
