@@ -196,6 +196,30 @@ def test_contrast_limits_without_channel_axis(tmp_path):
     assert info.channel_names is None
 
 
+RGB_HEX = ["FF0000", "00FF00", "0000FF"]
+
+
+@pytest.mark.parametrize(
+    ("names", "dtype", "colours", "full_window"),
+    [
+        (["red", "green", "blue"], np.uint8, ["FF0000", "00FF00", "0000FF"], True),
+        (["Red", "Green", "Blue", "alpha"], np.uint8, [*RGB_HEX, "FFFF00"], True),
+        (["red", "green", "blue"], np.uint16, ["FF0000", "00FF00", "0000FF"], False),
+        (["dapi", "gfp", "yellow"], np.uint8, ["FF00FF", "00FF00", "FFFF00"], False),
+    ],
+)
+def test_channel_colours_follow_colour_names(tmp_path, names, dtype, colours, full_window):
+    data = np.full((len(names), 8, 8), 7, dtype)
+    data[:, 0, 0] = 9
+    write_image(tmp_path / "img.zarr", data, channel_names=names)
+    channels = _attrs(tmp_path / "img.zarr")["omero"]["channels"]
+    assert [ch["color"] for ch in channels] == colours
+    window = (0, 255) if full_window else (7, 9)  # RGB(A) uint8: never stretched per channel
+    assert {(ch["window"]["start"], ch["window"]["end"]) for ch in channels} == {window}
+    assert {(ch["window"]["min"], ch["window"]["max"]) for ch in channels} == {(7, 9)}
+    assert [ch["active"] for ch in channels] == [name != "alpha" for name in names]
+
+
 # -- metadata ---------------------------------------------------------------------------------
 def test_multiscales_metadata(tmp_path):
     path = tmp_path / "img.zarr"

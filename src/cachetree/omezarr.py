@@ -45,6 +45,21 @@ _BARS: dict[str, tqdm] = {}
 it, so they stay picklable; a task in another process finds none and its level is counted
 when the level is done."""
 _CHANNEL_COLORS = ("FF00FF", "00FF00", "00FFFF", "FFFF00", "FF0000", "0000FF")
+"""``omero`` colours of channels whose name is no colour, in channel order."""
+NAMED_COLORS = {
+    "red": "FF0000",
+    "green": "00FF00",
+    "blue": "0000FF",
+    "cyan": "00FFFF",
+    "magenta": "FF00FF",
+    "yellow": "FFFF00",
+    "gray": "FFFFFF",
+    "grey": "FFFFFF",
+    "white": "FFFFFF",
+}
+"""``omero`` colours of channels named like a colour: the colour itself."""
+RGB_NAMES = (("red", "green", "blue"), ("red", "green", "blue", "alpha"))
+"""Channel names (case-insensitive) of an RGB(A) image."""
 
 
 @dataclass(frozen=True)
@@ -164,7 +179,9 @@ def write_image(
         if labels:
             attrs["image-label"] = {"version": NGFF_VERSION}
         else:
-            attrs["omero"] = omero_metadata(name, axes_t, source.shape, low, high, names)
+            attrs["omero"] = omero_metadata(
+                name, axes_t, source.shape, low, high, names, dtype=source.dtype
+            )
         group.attrs.update({**extra, **attrs})
     except BaseException:
         if loc.is_local:
@@ -584,25 +601,43 @@ def omero_metadata(
     low: np.ndarray,
     high: np.ndarray,
     channel_names: list[str] | None,
+    *,
+    dtype: Any = None,
 ) -> dict[str, Any]:
-    """``omero`` rendering settings: one display window per channel, from the data range."""
+    """``omero`` rendering settings: one colour and display window per channel.
+
+    A channel named like a colour (``red``, ``green``, ...) gets that colour, others a
+    cycle of distinct colours (white for a single channel). The window is the data range,
+    except for RGB(A) ``uint8`` images (channels named red, green, blue[, alpha]), whose
+    window is the full 0..255 so that viewers show their true colours (an alpha channel is
+    inactive: viewers that split channels do not add it to the colours).
+    """
     count = shape[axes.index("c")] if "c" in axes else 1
     names = channel_names or [f"channel_{i}" for i in range(count)]
-    colors = ["FFFFFF"] if count == 1 else [_CHANNEL_COLORS[i % 6] for i in range(count)]
+    cycle = ["FFFFFF"] if count == 1 else [_CHANNEL_COLORS[i % 6] for i in range(count)]
+    colors = [NAMED_COLORS.get(n.lower(), c) for n, c in zip(names, cycle, strict=True)]
+    rgb = dtype is not None and is_rgb(names, np.dtype(dtype))
     channels = [
         {
             "label": names[i],
             "color": colors[i],
-            "active": True,
+            "active": not (rgb and names[i].lower() == "alpha"),
             "coefficient": 1.0,
             "family": "linear",
             "inverted": False,
-            "window": _window(lo, hi),
+            "window": {**_window(lo, hi), "start": 0, "end": 255} if rgb else _window(lo, hi),
         }
         for i, (lo, hi) in enumerate(zip(np.ravel(low), np.ravel(high), strict=True))
     ]
     model = "color" if count > 1 else "greyscale"
     return {"name": name, "version": NGFF_VERSION, "channels": channels, "rdefs": {"model": model}}
+
+
+def is_rgb(channel_names: Sequence[str] | None, dtype: np.dtype | str) -> bool:
+    """Whether channels of this ``dtype`` and these names make an RGB(A) ``uint8`` image."""
+    if channel_names is None or np.dtype(dtype) != np.uint8:
+        return False
+    return tuple(n.lower() for n in channel_names) in RGB_NAMES
 
 
 def _window(low: np.generic, high: np.generic) -> dict[str, float]:

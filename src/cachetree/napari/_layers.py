@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask.array as da
 import numpy as np
 
 from cachetree import omezarr
@@ -77,8 +78,10 @@ def _origin(root: Location, node: Location, item: str | None) -> dict[str, Any]:
 def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> LayerData:
     """An OME-Zarr image or labels pyramid as one lazy (multiscale) layer.
 
-    Scale, translation, contrast limits, channel names and colours come from the metadata;
-    a ``c`` axis becomes napari's ``channel_axis`` (one layer per channel).
+    Scale, translation, contrast limits, channel names and colours come from the metadata.
+    An RGB(A) ``uint8`` image (channels named red, green, blue[, alpha]) is one RGB layer in
+    its true colours; any other ``c`` axis becomes napari's ``channel_axis`` (one layer per
+    channel).
     """
     info = omezarr.read_image(location)
     pyramid = omezarr.open_image(location)
@@ -93,6 +96,13 @@ def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> L
     if info.labels:
         kwargs.update(scale=scale, translate=translate, axis_labels=axes)
         return data, kwargs, "labels"
+    if "c" in axes and omezarr.is_rgb(info.channel_names, info.dtype):
+        c = axes.index("c")
+        del axes[c], scale[c], translate[c]
+        levels = [da.moveaxis(level, c, -1) for level in pyramid]
+        kwargs.update(rgb=True, contrast_limits=[0, 255])
+        kwargs.update(scale=scale, translate=translate, axis_labels=axes)
+        return levels if len(levels) > 1 else levels[0], kwargs, "image"
     if "c" in axes:
         c = axes.index("c")
         del axes[c], scale[c], translate[c]
@@ -372,7 +382,6 @@ def open_keyed(node: Node, root: Location, entry: ItemEntry) -> Opened:
     :data:`MAX_NODE_LAYERS` of them.
     """
     import dask
-    import dask.array as da
 
     from cachetree.keyed import KeyedStore
 
