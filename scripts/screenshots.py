@@ -64,7 +64,7 @@ def parts_to_combine(root: Path) -> None:
     from cachetree.combine import add_part, set_combiner
 
     tree = CacheTree(root)
-    labels = tree.node("nuclei").open_image("nuclei")[0].compute()
+    labels = tree.node("nuclei").open_image("nuclei", image="hematoxylin")[0].compute()
     node = tree.node("counts", params={"region": 64}).open()
     set_combiner(node, "sum")
     node.abandon()  # the workers, in other processes, add parts; combine runs later

@@ -59,6 +59,9 @@ def classify_dir(loc: Location) -> dict[str, Any]:
         if level0:
             info.update(shape=list(level0["shape"]), dtype=str(level0.get("dtype", "")))
         info["levels"] = len(attrs["multiscales"][0]["datasets"])
+        labels = label_names(loc)
+        if labels and info["kind"] == "image":
+            info["labels"] = labels
         return info
     if node_type == "array" and array is not None:
         dtype = array.get("data_type", array.get("dtype"))
@@ -66,6 +69,14 @@ def classify_dir(loc: Location) -> dict[str, Any]:
     if node_type == "group":
         return {"kind": "zarr"}
     return {"kind": "dir"}
+
+
+def label_names(image: Location) -> list[str]:
+    """Names of the OME-NGFF labels stored under the image at ``image`` (``labels/`` group)."""
+    _, attrs, _ = zarr_attrs(image.raw_child("labels"))
+    attrs = attrs.get("ome", attrs)
+    names = attrs.get("labels") if isinstance(attrs, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) else []
 
 
 def classify_file(name: str) -> dict[str, Any]:

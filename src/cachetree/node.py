@@ -476,10 +476,27 @@ class Node:
         )
 
     def save_labels(
-        self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
+        self,
+        name: str,
+        data: Any,
+        axes: str | Sequence[str] | None = None,
+        *,
+        image: str | None = None,
+        **kwargs: Any,
     ) -> omezarr.ImageInfo:
-        """Save an integer label image as an OME-Zarr labels pyramid ``name.ome.zarr``."""
-        return self.save_image(name, data, axes=axes, labels=True, **kwargs)
+        """Save an integer label image as an OME-Zarr labels pyramid.
+
+        With ``image`` (an image item of this node, saved first) the labels are stored under
+        it, ``<image>.ome.zarr/labels/<name>``, where OME-Zarr viewers find them; otherwise
+        as a labels item ``name.ome.zarr`` of their own.
+        """
+        if image is None:
+            return self.save_image(name, data, axes=axes, labels=True, **kwargs)
+        self._check_writable()
+        validate_name(name, what="labels name")
+        return omezarr.write_labels(
+            self.item(_suffixed(image, ".ome.zarr")), name, data, axes=axes, **kwargs
+        )
 
     def save_array(self, name: str, data: Any, *, chunks: Any = "auto") -> None:
         """Save a numpy or dask array as a plain Zarr array ``name.zarr``."""
@@ -566,8 +583,14 @@ class Node:
                 return self.item(candidate)
         raise ItemNotFoundError(f"node {self.url} has no item {name!r}; it has {self.item_names()}")
 
-    def open_image(self, name: str) -> list[Any]:
-        """The lazy (dask) pyramid of image or labels ``name``, full resolution first."""
+    def open_image(self, name: str, *, image: str | None = None) -> list[Any]:
+        """The lazy (dask) pyramid of image or labels ``name``, full resolution first.
+
+        ``image`` names the image that labels ``name`` were saved under, if any.
+        """
+        if image is not None:
+            found = self._find(image, (".ome.zarr", ""))
+            return omezarr.open_image(found.join(omezarr.LABELS_GROUP, name))
         return omezarr.open_image(self._find(name, (".ome.zarr", "")))
 
     def open_array(self, name: str) -> Any:

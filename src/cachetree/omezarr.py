@@ -27,6 +27,7 @@ import zarr
 from numcodecs import Blosc
 from tqdm import tqdm
 
+from . import inventory
 from .errors import DTypeMismatchError, InvalidDataError, NodeNotFoundError, ShapeMismatchError
 from .storage import Location, fsync_path, temp_name
 
@@ -100,6 +101,7 @@ def write_image(
     name: str | None = None,
     extra_attrs: Mapping[str, Any] | None = None,
     progress: bool = False,
+    label_source: str | None = None,
 ) -> ImageInfo:
     """Write ``data`` as an OME-NGFF 0.4 multiscale image (or labels) at ``location``.
 
@@ -134,6 +136,9 @@ def write_image(
         More group attributes, merged in under their own keys.
     progress
         Show a progress bar over the chunks written.
+    label_source
+        For labels under an image (see :func:`write_labels`): the image's path relative to
+        the labels, stored as ``image-label.source.image``.
 
     Returns
     -------
@@ -178,6 +183,8 @@ def write_image(
         }
         if labels:
             attrs["image-label"] = {"version": NGFF_VERSION}
+            if label_source is not None:
+                attrs["image-label"]["source"] = {"image": label_source}
         else:
             attrs["omero"] = omero_metadata(
                 name, axes_t, source.shape, low, high, names, dtype=source.dtype
@@ -262,6 +269,66 @@ def is_ome_zarr(location: Location | str) -> bool:
         return _ome_attrs(Location.from_url(location)) is not None
     except Exception:
         return False
+
+
+LABELS_GROUP = "labels"  # inventory.label_names reads the same group
+"""Name of the group under an image that holds its label images (OME-NGFF)."""
+
+
+def write_labels(
+    image: Location | str,
+    name: str,
+    data: Any,
+    *,
+    axes: str | Sequence[str] | None = None,
+    **kwargs: Any,
+) -> ImageInfo:
+    """Write ``data`` as the labels ``name`` of the OME-Zarr image at ``image``.
+
+    The labels go where OME-NGFF readers look for them: ``<image>/labels/<name>``, listed in
+    the ``labels`` group's attributes, with ``image-label.source`` pointing back at the
+    image. Their y and x (and z, t) extents must match the image's; scale and translation
+    default to the image's. Other keyword arguments go to :func:`write_image`.
+
+    Raises
+    ------
+    NodeNotFoundError, InvalidDataError
+        There is no OME-Zarr image at ``image``.
+    ShapeMismatchError
+        The labels' spatial extent differs from the image's.
+    """
+    image_loc = Location.from_url(image)
+    info = read_image(image_loc)
+    source = _as_dask(data)
+    label_axes = check_axes(axes, source.ndim, labels=True)
+    extent = dict(zip(info.axes, info.shape, strict=True))
+    if any(extent.get(a, n) != n for a, n in zip(label_axes, source.shape, strict=True)):
+        raise ShapeMismatchError(
+            f"labels of shape {source.shape} (axes {''.join(label_axes)!r}) do not match "
+            f"image {info.name!r} of shape {info.shape} (axes {''.join(info.axes)!r})"
+        )
+    for key, values in (("scale", info.scale), ("translation", info.translation)):
+        by_axis = dict(zip(info.axes, values, strict=True))
+        kwargs.setdefault(key, [by_axis[a] for a in label_axes])
+    group_loc = image_loc.join(LABELS_GROUP)
+    written = write_image(
+        group_loc.join(name),
+        source,
+        axes=label_axes,
+        labels=True,
+        name=name,
+        label_source="../../",
+        **kwargs,
+    )
+    group = zarr.open_group(group_loc.zarr_store(), mode="a", zarr_format=2)
+    names = [n for n in group.attrs.get("labels", []) if n != name]
+    group.attrs["labels"] = [*names, name]
+    return written
+
+
+def label_names(image: Location | str) -> list[str]:
+    """Names of the labels stored under the OME-Zarr image at ``image`` (reads one file)."""
+    return inventory.label_names(Location.from_url(image))
 
 
 # -- validation ----------------------------------------------------------------------------

@@ -38,9 +38,7 @@ def rgb_node(tmp_path):
 
 
 def _block_colours(viewer, shot) -> dict[tuple[int, int], np.ndarray]:
-    return {
-        corner: on_screen(viewer, shot, corner[0] + 16, corner[1] + 16) for corner in BLOCKS
-    }
+    return {corner: on_screen(viewer, shot, corner[0] + 16, corner[1] + 16) for corner in BLOCKS}
 
 
 def test_omero_colours_of_rgb_channels_are_the_true_ones(rgb_node):

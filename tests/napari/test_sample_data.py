@@ -21,10 +21,9 @@ def test_open_sample_builds_the_demo_tree_and_shows_it(
     monkeypatch.setenv("CACHETREE_DEMO_DIR", str(demo))
     viewer = make_napari_viewer()
     viewer.open_sample("cachetree", "demo")
-    names = [layer.name for layer in viewer.layers]
-    assert "input:ihc [red]" in names
-    assert "nuclei:nuclei" in names
-    assert type(viewer.layers["nuclei:nuclei"]).__name__ == "Labels"
+    assert viewer.layers["input:ihc"].rgb  # the RGB slide as one layer, in its true colours
+    nuclei = viewer.layers["nuclei:hematoxylin/nuclei"]  # labels under the image they annotate
+    assert type(nuclei).__name__ == "Labels" and nuclei.visible
     nodes = {info.path: info.status for info in walk(Location.from_url(demo))}
     assert all(status is Status.COMMITTED for path, status in nodes.items() if path)
 

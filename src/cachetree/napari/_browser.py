@@ -101,6 +101,8 @@ def _item_columns(entry: ItemEntry) -> list[str]:
     kind = entry.kind
     if entry.shape is not None:
         kind += f" {'x'.join(map(str, entry.shape))} {_dtype_name(entry.dtype)}".rstrip()
+    if entry.labels:
+        kind += f" + labels {', '.join(entry.labels)}"
     return [entry.name, "", kind, format_bytes(entry.bytes), ""]
 
 

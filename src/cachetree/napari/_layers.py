@@ -119,6 +119,18 @@ def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> L
     return data, kwargs, "image"
 
 
+def image_and_labels(location: Location, name: str, metadata: dict[str, Any]) -> list[LayerData]:
+    """An OME-Zarr image followed by the labels stored under it (``labels/<name>``), visible.
+
+    The labels of image ``node:image`` are named ``node:image/<labels name>``.
+    """
+    layers = [ome_zarr_layer(location, name, metadata)]
+    for labels in omezarr.label_names(location):
+        where = location.join(omezarr.LABELS_GROUP, labels)
+        layers.append(ome_zarr_layer(where, f"{name}/{labels}", metadata))
+    return layers
+
+
 def _channel_colours(location: Location, names: tuple[str, ...]) -> list[str]:
     """One colormap per channel: a channel named like a colour gets it, else its omero colour."""
     try:
@@ -313,7 +325,7 @@ def item_layers(node: Node, root: Location, entry: ItemEntry) -> list[LayerData]
     name = layer_name(label, entry.name)
     metadata = _origin(root, node.location, entry.name)
     if entry.kind in ("image", "labels"):
-        return [ome_zarr_layer(node.item(entry.name), name, metadata)]
+        return image_and_labels(node.item(entry.name), name, metadata)
     if entry.kind == "plot":
         suffix = posixpath.splitext(entry.name)[1].lower()
         if suffix not in _PLOT_SUFFIXES:
@@ -514,4 +526,4 @@ def open_location(location: Location) -> Opened:
         metadata = _origin(root, parent, location.name)
     else:
         name, metadata = item_label(location.name), {"cachetree": {"url": location.url}}
-    return Opened(layers=[ome_zarr_layer(location, name, metadata)])
+    return Opened(layers=image_and_labels(location, name, metadata))

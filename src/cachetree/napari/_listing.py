@@ -29,6 +29,8 @@ class ItemEntry:
     bytes: int | None = None
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
+    labels: tuple[str, ...] = ()
+    """Labels stored under an image (``<image>/labels/<name>``)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ def _entry(name: str, meta: dict[str, Any]) -> ItemEntry:
         bytes=meta.get("bytes"),
         shape=tuple(shape) if shape is not None else None,
         dtype=meta.get("dtype"),
+        labels=tuple(meta.get("labels") or ()),
     )
 
 
