@@ -430,3 +430,20 @@ def test_image_info_is_frozen(tmp_path):
     assert isinstance(info, ImageInfo)
     with pytest.raises(AttributeError):
         info.dtype = "float32"  # type: ignore[misc]
+
+
+def test_labels_under_an_image_must_match_its_extent(tmp_path):
+    from cachetree.omezarr import label_names, write_labels
+
+    write_image(tmp_path / "img.zarr", np.zeros((2, 40, 30), np.uint8), scale=(2.0, 3.0))
+    assert label_names(tmp_path / "img.zarr") == []
+    with pytest.raises(ShapeMismatchError, match="do not match"):
+        write_labels(tmp_path / "img.zarr", "cells", np.zeros((40, 31), np.uint8))
+    with pytest.raises(NodeNotFoundError):
+        write_labels(tmp_path / "none.zarr", "cells", np.zeros((40, 30), np.uint8))
+    info = write_labels(tmp_path / "img.zarr", "cells", np.ones((40, 30), np.uint8))
+    assert info.labels and info.scale == (2.0, 3.0)
+    write_labels(tmp_path / "img.zarr", "nuclei", np.ones((40, 30), np.uint8))
+    write_labels(tmp_path / "img.zarr", "cells", np.full((40, 30), 2, np.uint8))  # replaced
+    assert label_names(tmp_path / "img.zarr") == ["nuclei", "cells"]
+    np.testing.assert_array_equal(open_image(tmp_path / "img.zarr" / "labels" / "cells")[0], 2)
