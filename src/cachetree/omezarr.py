@@ -83,6 +83,9 @@ class ImageInfo:
     channel_names: tuple[str, ...] | None
     url: str
     name: str
+    value_range: tuple[float, float] | list[tuple[float, float]] | None = None
+    """``(min, max)`` of the finite values of level 0 (one per channel with a ``c`` axis),
+    when the ``omero`` metadata records them."""
 
 
 # -- public API ----------------------------------------------------------------------------
@@ -228,6 +231,14 @@ def read_image(location: Location | str) -> ImageInfo:
     contrast_limits: tuple[float, float] | list[tuple[float, float]] | None = None
     if channels and len(windows) == len(channels):
         contrast_limits = windows if "c" in axes else windows[0]
+    ranges = [
+        (ch["window"]["min"], ch["window"]["max"])
+        for ch in channels
+        if "min" in ch.get("window", {}) and "max" in ch.get("window", {})
+    ]
+    value_range: tuple[float, float] | list[tuple[float, float]] | None = None
+    if channels and len(ranges) == len(channels):
+        value_range = ranges if "c" in axes else ranges[0]
     channel_names = None
     if channels and "c" in axes:
         channel_names = tuple(str(ch.get("label", f"channel_{i}")) for i, ch in enumerate(channels))
@@ -243,6 +254,7 @@ def read_image(location: Location | str) -> ImageInfo:
         channel_names=channel_names,
         url=loc.url,
         name=multiscale.get("name") or default_name(loc),
+        value_range=value_range,
     )
 
 

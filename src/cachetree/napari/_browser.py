@@ -6,7 +6,8 @@ expanded node again and updates the rows in place. All listing and opening runs 
 threads: the GUI thread only builds rows and adds layers.
 
 Double-click (or *Open*) shows a row: a node's images, labels and canvases, or one item
-or part, as lazy layers; logs and JSON in the text pane below the tree. Single-click shows
+or part, as lazy layers; logs and JSON in the text pane below the tree, plots in the plot
+pane there. Single-click shows
 a row's details there and makes its node the selection the Commit, Combine and Clean
 widgets act on.
 """
@@ -33,6 +34,7 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSplitter,
+    QStackedWidget,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
@@ -40,6 +42,7 @@ from qtpy.QtWidgets import (
 )
 
 from cachetree.clean import format_bytes
+from cachetree.errors import CacheTreeError
 from cachetree.node import Node
 from cachetree.parts import PartInfo
 from cachetree.storage import Location
@@ -47,6 +50,7 @@ from cachetree.walk import NodeInfo
 
 from ._layers import Opened, add_layers, open_item, open_node, open_part
 from ._listing import ItemEntry, Listing, list_node
+from ._plot_pane import PlotPane
 from ._selection import selection_for
 from ._threads import busy, qt_alive, run_in_thread
 
@@ -193,6 +197,10 @@ class CacheTreeBrowser(QWidget):
         self.text_pane.setReadOnly(True)
         self.text_pane.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.text_pane.setPlaceholderText("details, logs and JSON of the selected row")
+        self.plot_pane = PlotPane()
+        self.lower_pane = QStackedWidget()
+        self.lower_pane.addWidget(self.text_pane)
+        self.lower_pane.addWidget(self.plot_pane)
 
         layout = QVBoxLayout(self)
         row1 = QHBoxLayout()
@@ -209,7 +217,7 @@ class CacheTreeBrowser(QWidget):
         row3.addWidget(self.status_label, 1)
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.tree)
-        splitter.addWidget(self.text_pane)
+        splitter.addWidget(self.lower_pane)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
         layout.addLayout(row1)
@@ -503,7 +511,7 @@ class CacheTreeBrowser(QWidget):
         node_row = self._rows.get(data.path)
         info = node_row.data(NAME, ROLE).info if node_row is not None else None
         self.selection.select(self.root, data.path, info)
-        self.text_pane.setPlainText(self._details(data))
+        self.show_text(self._details(data))
 
     def _details(self, data: Row) -> str:
         if data.kind == "node":
@@ -570,17 +578,33 @@ class CacheTreeBrowser(QWidget):
         else:
             run_in_thread(self, open_part, node, root, data.part, on_return=self._opened)
 
+    def show_text(self, text: str) -> None:
+        """Show ``text`` in the pane below the tree."""
+        self.text_pane.setPlainText(text)
+        self.lower_pane.setCurrentWidget(self.text_pane)
+
     def _opened(self, opened: Opened) -> None:
         if opened.text is not None:
-            self.text_pane.setPlainText(opened.text)
+            self.show_text(opened.text)
+        if opened.plot is not None:
+            try:
+                self.plot_pane.show_plot(*opened.plot)
+            except CacheTreeError as exc:
+                opened.problems.append(str(exc))
+            else:
+                self.lower_pane.setCurrentWidget(self.plot_pane)
         layers = add_layers(self.viewer, opened.layers)
         for problem in opened.problems:
             show_warning(f"cannot show {problem}")
-        if opened.text is None and not layers and not opened.problems:
+        shown_below = opened.text is not None or opened.plot is not None
+        if not shown_below and not layers and not opened.problems:
             show_info("nothing to show as layers here: open the node's items one by one")
-        self.status_label.setText(
-            f"{len(layers)} layer(s) shown" if opened.text is None else "text shown below"
-        )
+        if opened.plot is not None:
+            self.status_label.setText("plot shown below")
+        elif opened.text is not None:
+            self.status_label.setText("text shown below")
+        else:
+            self.status_label.setText(f"{len(layers)} layer(s) shown")
 
 
 def _disconnect(selection: Any, tree_changed: Any, viewer: Any, inserted: Any, *_: Any) -> None:
