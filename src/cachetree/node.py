@@ -197,6 +197,17 @@ class Node:
         except (NodeNotFoundError, CorruptManifestError):
             return None
 
+    def _parent_params_meta(self) -> dict[str, Any]:
+        """``{"parent_params": ...}``: the parent's params now, so that a stale node can later
+        tell which parameter change made it stale (empty for the root)."""
+        parent = self._parent_location()
+        if parent is None:
+            return {}
+        try:
+            return {"parent_params": read_manifest(parent).params}
+        except (NodeNotFoundError, CorruptManifestError):
+            return {}
+
     def staleness(self, manifest: Manifest) -> str | None:
         """Why a committed ``manifest`` no longer matches this handle, or None if it does."""
         if manifest.parent_fingerprint != self._parent_fingerprint():
@@ -270,6 +281,7 @@ class Node:
             params=self._params_json,
             parent_fingerprint=self._parent_fingerprint(),
             kind=self.kind,
+            meta=self._parent_params_meta(),
         )
         write_manifest(self.location, manifest)
         self._writing = True

@@ -5,23 +5,23 @@ are listed when it is first expanded; *Refresh* (or *Live*, on a timer) lists ev
 expanded node again and updates the rows in place. All listing and opening runs in worker
 threads: the GUI thread only builds rows and adds layers.
 
-Double-click (or *Open*) shows a row: a node's images, labels and canvases, or one item
-or part, as lazy layers; logs and JSON in the text pane below the tree, plots in the plot
-pane there. Single-click shows
-a row's details there and makes its node the selection the Commit, Combine and Clean
-widgets act on.
+Double-click, Enter or Space (or *Open*) shows a row: a node's images, labels and
+canvases, or one item or part, as lazy layers; logs and JSON in the text pane below the
+tree, plots in the plot pane there. Single-click shows a row's details there and makes its
+node the selection the Commit, Combine and Clean widgets act on.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -48,8 +48,10 @@ from cachetree.parts import PartInfo
 from cachetree.storage import Location
 from cachetree.walk import NodeInfo
 
+from ._docking import BROWSER, arrange_when_docked
 from ._layers import Opened, add_layers, open_item, open_node, open_part
 from ._listing import ItemEntry, Listing, list_node
+from ._params import stale_explanation
 from ._plot_pane import PlotPane
 from ._selection import selection_for
 from ._threads import busy, qt_alive, run_in_thread
@@ -69,6 +71,8 @@ STATE_COLOURS = {
     "root": "#a0a0a0",
 }
 ROLE = Qt.ItemDataRole.UserRole
+OPEN_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space)
+"""Keys that open the current row, as a double-click does."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ class Row:
 
 
 def _short_time(iso: str | None) -> str:
-    return (iso or "")[:19].replace("T", " ")
+    """``2026-11-30T16:56:22.123+00:00`` -> ``11-30 16:56`` (the details show it in full)."""
+    return (iso or "")[5:16].replace("T", " ")
 
 
 def _node_columns(info: NodeInfo, name: str) -> list[str]:
@@ -180,8 +185,13 @@ class CacheTreeBrowser(QWidget):
         self.tree.setHeaderLabels(COLUMNS)
         self.tree.setExpandsOnDoubleClick(False)
         self.tree.setUniformRowHeights(True)
-        self.tree.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(KIND, QHeaderView.ResizeMode.Stretch)  # elided when narrow
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.tree.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+        self.tree.installEventFilter(self)
         self.setMinimumWidth(460)
         self.tree.itemExpanded.connect(self._expanded)
         self.tree.itemDoubleClicked.connect(lambda row, _column: self.open_row(row))
@@ -225,6 +235,7 @@ class CacheTreeBrowser(QWidget):
         layout.addWidget(splitter, 1)
         layout.addLayout(row3)
 
+        arrange_when_docked(self, BROWSER)
         self.selection.tree_changed.connect(self._tree_changed)
         self.viewer.layers.events.inserted.connect(self._layer_inserted)
         listeners = (self.selection, self._tree_changed, self.viewer, self._layer_inserted)
@@ -513,6 +524,13 @@ class CacheTreeBrowser(QWidget):
         self.selection.select(self.root, data.path, info)
         self.show_text(self._details(data))
 
+    def _parent_info(self, path: str) -> NodeInfo | None:
+        """The listed state of the parent of the node at ``path`` (None for the root)."""
+        if not path:
+            return None
+        row = self._rows.get(posixpath.dirname(path))
+        return row.data(NAME, ROLE).info if row is not None else None
+
     def _details(self, data: Row) -> str:
         if data.kind == "node":
             info = data.info
@@ -529,6 +547,7 @@ class CacheTreeBrowser(QWidget):
                 lines.append(f"writer:    {info.writer.describe()} ({alive})")
             if info.error:
                 lines.append(f"error:     {info.error}")
+            lines += stale_explanation(info, self._parent_info(info.path))
             if info.manifest is not None:
                 lines.append(f"fingerprint: {info.manifest.fingerprint}")
                 lines.append("params:    " + json.dumps(info.manifest.params, indent=1))
@@ -554,6 +573,18 @@ class CacheTreeBrowser(QWidget):
         )
 
     # -- opening --------------------------------------------------------------------------
+    def eventFilter(self, watched: Any, event: Any) -> bool:  # Qt's name
+        """Enter, Return and Space on the tree open the current row."""
+        if (
+            watched is self.tree
+            and event.type() == QEvent.Type.KeyPress
+            and event.key() in OPEN_KEYS
+            and self.tree.currentItem() is not None
+        ):
+            self.open_selected()
+            return True
+        return super().eventFilter(watched, event)
+
     def open_selected(self) -> None:
         """Open the current row (as double-clicking it does)."""
         row = self.tree.currentItem()
