@@ -107,3 +107,18 @@ def test_a_node_made_before_parent_params_were_recorded_says_so():
     assert "parameters then were not recorded" in lines[1]
     assert "ffffffffffff" in lines[1] and "eeeeeeeeeeee" in lines[1]
     assert stale_explanation(parent, None) == []  # not stale: nothing to explain
+
+
+def test_a_row_that_cannot_be_opened_says_so_in_the_status_line(
+    qtbot, browser, tree_root, notifications
+):
+    browser.row("segment").setExpanded(True)
+    wait_idle(qtbot, browser)
+    (tree_root / "segment" / "probability.ome.zarr" / ".zattrs").unlink()  # damaged meanwhile
+    browser.select("segment", "probability.ome.zarr")
+    qtbot.keyClick(browser.tree, Qt.Key.Key_Return)
+    wait_idle(qtbot, browser)
+    status = browser.status_label.text()
+    assert status.startswith("cannot open probability.ome.zarr: "), status
+    assert any(message == status for _, message in notifications())
+    assert len(browser.viewer.layers) == 0

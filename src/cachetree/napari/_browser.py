@@ -20,7 +20,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_info, show_warning
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import (
@@ -602,12 +602,18 @@ class CacheTreeBrowser(QWidget):
         node = Node(location, root=root)
         label = data.entry.name if data.entry else (data.part.name if data.part else data.path)
         self.status_label.setText(f"opening {label or '/'} …")
+        callbacks = {"on_return": self._opened, "on_error": partial(self._open_failed, label)}
         if data.kind == "node":
-            run_in_thread(self, open_node, node, root, on_return=self._opened)
+            run_in_thread(self, open_node, node, root, **callbacks)
         elif data.kind == "item":
-            run_in_thread(self, open_item, node, root, data.entry, on_return=self._opened)
+            run_in_thread(self, open_item, node, root, data.entry, **callbacks)
         else:
-            run_in_thread(self, open_part, node, root, data.part, on_return=self._opened)
+            run_in_thread(self, open_part, node, root, data.part, **callbacks)
+
+    def _open_failed(self, label: str, exc: BaseException) -> None:
+        message = f"cannot open {label or '/'}: {exc}"
+        self.status_label.setText(message)
+        show_error(message)
 
     def show_text(self, text: str) -> None:
         """Show ``text`` in the pane below the tree."""
