@@ -54,7 +54,7 @@ def sample_done(viewer) -> bool:
 
 
 def test_open_sample_shows_the_slide_at_once_and_builds_the_tree_in_a_worker(
-    make_napari_viewer, qtbot, tmp_path, monkeypatch
+    make_napari_viewer, qtbot, tmp_path, monkeypatch, caplog
 ):
     demo = tmp_path / "demo"
     monkeypatch.setenv("CACHETREE_DEMO_DIR", str(demo))
@@ -72,6 +72,8 @@ def test_open_sample_shows_the_slide_at_once_and_builds_the_tree_in_a_worker(
     nuclei = viewer.layers["nuclei:hematoxylin/nuclei"]  # labels under the image they annotate
     assert type(nuclei).__name__ == "Labels" and nuclei.visible
     assert [layer.name for layer in viewer.layers].count("input:ihc") == 1
+    # progress widgets are made on the GUI thread only (Qt objects must not cross threads)
+    assert not [r for r in caplog.records if "different thread" in r.getMessage()]
     nodes = {info.path: info.status for info in walk(Location.from_url(demo))}
     assert all(status is Status.COMMITTED for path, status in nodes.items() if path)
 

@@ -4,8 +4,8 @@ The tree is built by :func:`cachetree.demo.run_demo` into a folder that persists
 sessions (``$CACHETREE_DEMO_DIR``, else ``<temp>/cachetree-demo-<user>``). Nothing is
 downloaded. The build never blocks the viewer: the sample returns the slide at once (read
 from the shipped file), then builds the tree (or, when it exists, reuses every committed
-node) in a worker thread with napari progress bars, and adds the other steps' layers when
-it is done.
+node) in a worker thread with a napari progress bar (one step per pipeline node), and adds
+the other steps' layers when it is done, one per event loop turn.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import getpass
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import numpy as np
 from cachetree.storage import Location
 
 from ._layers import LayerData, Opened, open_location
-from ._threads import add_in_steps
+from ._threads import add_in_steps, run_task
 
 log = logging.getLogger("cachetree.napari")
 
@@ -59,13 +60,26 @@ def slide_layer(root: Path) -> LayerData:
     return pixels, {**kwargs, "contrast_limits": [0, 255]}, "image"
 
 
-def build(root: Path) -> Opened:
-    """Build (or reuse) the demo tree at ``root`` and list its layers (any thread)."""
-    from napari.utils import progress
+STEPS = 4
+"""Steps of the demo pipeline (input, model, nuclei, density), for the progress bar."""
 
+
+def build(root: Path, report: Callable[..., None] | None = None) -> Opened:
+    """Build (or reuse) the demo tree at ``root`` and list its layers (any thread).
+
+    ``report(done, total, text)`` hears of each step as it ends.
+    """
     from cachetree.demo import run_demo
 
-    run_demo(root, progress=progress, report=log.info)
+    done = []
+
+    def step(line: str) -> None:
+        log.info(line)
+        done.append(line)
+        if report is not None:
+            report(len(done), STEPS, " ".join(line.split()))
+
+    run_demo(root, progress=False, report=step)
     return open_location(Location.from_url(root))
 
 
@@ -90,26 +104,28 @@ def demo_tree() -> list[LayerData]:
 
 
 def _start_build(viewer: Any, root: Path) -> Any:
-    from napari.utils import progress
+    """Build in a worker thread, with a napari progress bar updated on the GUI thread."""
     from napari.utils.notifications import show_error
-    from qtpy.QtCore import QTimer
-    from superqt.utils import create_worker
+    from qtpy.QtCore import QObject, QTimer
 
-    bar = progress(total=0, desc="Building the demo cache tree")
-    worker = create_worker(build, root, _start_thread=False, _ignore_errors=True)
+    owner = QObject()
 
     def done(opened: Opened) -> None:
         add_in_steps(viewer, opened.layers, then=lambda: _report(opened))
 
-    def finished() -> None:
-        bar.close()
-        _BUILDS.pop(str(root), None)
+    def start() -> None:
+        run_task(
+            owner,
+            "Building the demo cache tree",
+            build,
+            root,
+            on_return=done,
+            on_error=lambda exc: show_error(f"cachetree demo: the build failed: {exc}"),
+            on_finish=lambda: _BUILDS.pop(str(root), None),
+        )
 
-    worker.returned.connect(done)
-    worker.errored.connect(lambda exc: show_error(f"cachetree demo: the build failed: {exc}"))
-    worker.finished.connect(finished)
-    QTimer.singleShot(0, worker.start)  # after the slide is shown: not competing with it
-    return worker
+    QTimer.singleShot(0, start)  # after the slide is shown: not competing with it
+    return owner
 
 
 def _report(opened: Opened) -> None:
