@@ -8,7 +8,9 @@ threads: the GUI thread only builds rows and adds layers.
 Double-click, Enter or Space (or *Open*) shows a row: a node's images, labels and
 canvases, or one item or part, as lazy layers; logs and JSON in the text pane below the
 tree, plots in the plot pane there. Single-click shows a row's details there and makes its
-node the selection the Commit, Combine and Clean widgets act on.
+node the selection the Commit, Combine and Clean widgets act on. Two nodes selected
+together (Ctrl+click) can be compared: parameters side by side, image differences as lazy
+layers.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QEvent, Qt, QTimer
-from qtpy.QtGui import QBrush, QColor
+from qtpy.QtGui import QBrush, QColor, QFontDatabase
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -48,6 +50,7 @@ from cachetree.parts import PartInfo
 from cachetree.storage import Location
 from cachetree.walk import NodeInfo
 
+from ._compare import compare_nodes
 from ._docking import BROWSER, arrange_when_docked
 from ._layers import Opened, add_layers, open_item, open_node, open_part
 from ._listing import ItemEntry, Listing, list_node
@@ -193,6 +196,8 @@ class CacheTreeBrowser(QWidget):
         self.tree.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.tree.installEventFilter(self)
         self.setMinimumWidth(460)
+        self.tree.setSelectionMode(QTreeWidget.SelectionMode.ExtendedSelection)
+        self.tree.itemSelectionChanged.connect(self._selection_rows_changed)
         self.tree.itemExpanded.connect(self._expanded)
         self.tree.itemDoubleClicked.connect(lambda row, _column: self.open_row(row))
         self.tree.currentItemChanged.connect(self._current_changed)
@@ -200,6 +205,13 @@ class CacheTreeBrowser(QWidget):
         self.open_button = QPushButton("Open")
         self.open_button.setToolTip("show the selected node, item or part (or double-click it)")
         self.open_button.clicked.connect(self.open_selected)
+        self.compare_button = QPushButton("Compare")
+        self.compare_button.setToolTip(
+            "select two nodes (Ctrl+click) to see their parameters side by side and the "
+            "differences of their images"
+        )
+        self.compare_button.setEnabled(False)
+        self.compare_button.clicked.connect(self.compare_selected)
         self.status_label = QLabel("no cache tree loaded")
         self.status_label.setWordWrap(True)
 
@@ -207,6 +219,7 @@ class CacheTreeBrowser(QWidget):
         self.text_pane.setReadOnly(True)
         self.text_pane.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.text_pane.setPlaceholderText("details, logs and JSON of the selected row")
+        self.text_pane.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
         self.plot_pane = PlotPane()
         self.lower_pane = QStackedWidget()
         self.lower_pane.addWidget(self.text_pane)
@@ -224,6 +237,7 @@ class CacheTreeBrowser(QWidget):
         row2.addWidget(self.interval_box)
         row3 = QHBoxLayout()
         row3.addWidget(self.open_button)
+        row3.addWidget(self.compare_button)
         row3.addWidget(self.status_label, 1)
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.tree)
@@ -609,6 +623,31 @@ class CacheTreeBrowser(QWidget):
             run_in_thread(self, open_item, node, root, data.entry, **callbacks)
         else:
             run_in_thread(self, open_part, node, root, data.part, **callbacks)
+
+    # -- comparing ------------------------------------------------------------------------
+    def selected_nodes(self) -> list[str]:
+        """Paths of the node rows selected (Ctrl+click adds one)."""
+        rows = [row.data(NAME, ROLE) for row in self.tree.selectedItems()]
+        return [data.path for data in rows if data.kind == "node"]
+
+    def _selection_rows_changed(self) -> None:
+        self.compare_button.setEnabled(len(self.selected_nodes()) == 2)
+
+    def compare_selected(self) -> None:
+        """Compare the two selected nodes: parameters side by side, lazy image differences."""
+        paths = self.selected_nodes()
+        if self.root is None or len(paths) != 2:
+            return
+        label = " and ".join(p or "/" for p in paths)
+        self.status_label.setText(f"comparing {label} …")
+        run_in_thread(
+            self,
+            compare_nodes,
+            self.root,
+            *paths,
+            on_return=self._opened,
+            on_error=partial(self._open_failed, label),
+        )
 
     def _open_failed(self, label: str, exc: BaseException) -> None:
         message = f"cannot open {label or '/'}: {exc}"
