@@ -54,7 +54,7 @@ def test_tree_shows_states_and_loads_children_only_when_expanded(qtbot, browser,
         "unfinished": "uncommitted",
         "workers": "has parts",
     }
-    assert browser.row("segment").text(KIND) == "node: image, json, log, plot"
+    assert browser.row("segment").text(KIND) == "image, json, log, plot"
     assert browser.row("segment/cells") is None  # not listed before "segment" is expanded
 
     # recompute "segment" with other parameters: its committed child becomes stale

@@ -74,6 +74,8 @@ STATE_COLOURS = {
     "root": "#a0a0a0",
 }
 ROLE = Qt.ItemDataRole.UserRole
+KIND_WIDTH = 110
+"""Initial width of the Kind column (drag to widen; the full kind is in the tooltip)."""
 OPEN_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space)
 """Keys that open the current row, as a double-click does."""
 
@@ -106,7 +108,8 @@ def _short_time(iso: str | None) -> str:
 
 
 def _node_columns(info: NodeInfo, name: str) -> list[str]:
-    return [name, info.state, info.kind, format_bytes(info.bytes), _short_time(info.time)]
+    kind = info.kind.removeprefix("node: ")  # say what it holds, not that it is a node
+    return [name, info.state, kind, format_bytes(info.bytes), _short_time(info.time)]
 
 
 def _item_columns(entry: ItemEntry) -> list[str]:
@@ -191,7 +194,9 @@ class CacheTreeBrowser(QWidget):
         header = self.tree.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(KIND, QHeaderView.ResizeMode.Stretch)  # elided when narrow
+        header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)  # elided when narrow
+        header.setSectionResizeMode(KIND, QHeaderView.ResizeMode.Interactive)
+        header.resizeSection(KIND, KIND_WIDTH)
         self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.tree.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.tree.installEventFilter(self)
@@ -420,6 +425,7 @@ class CacheTreeBrowser(QWidget):
             columns = ["parts", "", "", "", ""]
         for column, text in enumerate(columns):
             row.setText(column, text)
+        row.setToolTip(KIND, columns[KIND])
         if data.kind == "node" and (self.selection.root, self.selection.path) == (
             self.root,
             data.path,
@@ -550,8 +556,9 @@ class CacheTreeBrowser(QWidget):
             info = data.info
             lines = [
                 f"node:      {info.path or '/'}",
-                f"url:       {info.url}",
                 f"status:    {info.state}",
+                *stale_explanation(info, self._parent_info(info.path)),
+                f"url:       {info.url}",
                 f"kind:      {info.kind}",
                 f"size:      {format_bytes(info.bytes)}",
                 f"time:      {info.time or '-'}",
@@ -561,7 +568,6 @@ class CacheTreeBrowser(QWidget):
                 lines.append(f"writer:    {info.writer.describe()} ({alive})")
             if info.error:
                 lines.append(f"error:     {info.error}")
-            lines += stale_explanation(info, self._parent_info(info.path))
             if info.manifest is not None:
                 lines.append(f"fingerprint: {info.manifest.fingerprint}")
                 lines.append("params:    " + json.dumps(info.manifest.params, indent=1))

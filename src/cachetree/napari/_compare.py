@@ -2,7 +2,8 @@
 
 Typically two runs of one step with different parameters. Images present in both nodes with
 the same name and shape become a difference layer ``a - b`` (one per channel), computed by
-dask tile by tile as napari draws it: nothing is read up front. Pure functions (no Qt).
+dask tile by tile as napari draws it: only the coarsest pyramid level is read up front, for
+the display window. Pure functions (no Qt).
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ from ._layers import LayerData, Opened, node_label
 from ._listing import ItemEntry, node_items
 from ._params import MISSING, flatten, show
 
-DIFF_COLORMAP = "PiYG"
-"""Diverging colormap of difference layers: 0 in the middle, a > b and a < b on either side."""
+DIFF_COLORMAP = "cachetree difference"
+"""Diverging colormap of difference layers: transparent where a == b (so what is under
+shows), increasingly red where a > b and blue where a < b."""
+
+
+def diff_colormap() -> Any:
+    """The :data:`DIFF_COLORMAP` napari colormap."""
+    from napari.utils.colormaps import Colormap
+
+    blue, red = [0.2, 0.5, 1.0], [1.0, 0.3, 0.2]
+    colours = [[*blue, 1.0], [*blue, 0.0], [*red, 0.0], [*red, 1.0]]
+    return Colormap(colours, controls=[0.0, 0.5, 0.5, 1.0], name=DIFF_COLORMAP)
 
 
 def side_by_side(rows: list[tuple[str, str, str]], titles: tuple[str, str, str]) -> str:
@@ -64,8 +75,13 @@ def difference_layer(
     ]
     axes, scale = list(info_a.axes), list(info_a.scale)
     translate = list(info_a.translation)
-    kwargs: dict[str, Any] = {"name": name, "metadata": metadata, "multiscale": len(diffs) > 1}
-    spans = _spans(info_a.value_range, info_b.value_range)
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "metadata": metadata,
+        "multiscale": len(diffs) > 1,
+        "blending": "translucent",
+    }
+    spans = _spans(np.asarray(diffs[-1]), axes)  # the coarsest level only: small
     if "c" in axes:
         c = axes.index("c")
         del axes[c], scale[c], translate[c]
@@ -73,30 +89,21 @@ def difference_layer(
         kwargs.update(
             channel_axis=c,
             name=[f"{name} [{n}]" for n in names],
-            colormap=[DIFF_COLORMAP] * len(names),
+            colormap=[diff_colormap() for _ in names],
+            contrast_limits=[[-s, s] for s in spans],
         )
-        if spans is not None:
-            kwargs["contrast_limits"] = [[-s, s] for s in spans]
     else:
-        kwargs["colormap"] = DIFF_COLORMAP
-        if spans is not None:
-            kwargs["contrast_limits"] = [-spans[0], spans[0]]
+        kwargs.update(colormap=diff_colormap(), contrast_limits=[-spans[0], spans[0]])
     kwargs.update(scale=scale, translate=translate, axis_labels=axes)
     data: Any = diffs if len(diffs) > 1 else diffs[0]
     return data, kwargs, "image"
 
 
-def _spans(range_a: Any, range_b: Any) -> list[float] | None:
-    """Per channel, the largest possible ``|a - b|`` from the recorded value ranges."""
-    if range_a is None or range_b is None:
-        return None
-    pairs_a = range_a if isinstance(range_a, list) else [range_a]
-    pairs_b = range_b if isinstance(range_b, list) else [range_b]
-    spans = []
-    for (lo_a, hi_a), (lo_b, hi_b) in zip(pairs_a, pairs_b, strict=True):
-        span = max(abs(hi_a - lo_b), abs(hi_b - lo_a))
-        spans.append(float(span) if span > 0 else 1.0)
-    return spans
+def _spans(coarsest: np.ndarray, axes: list[str]) -> list[float]:
+    """Per channel, the largest ``|a - b|`` of the coarsest level (1 where it is all 0)."""
+    values = np.moveaxis(coarsest, axes.index("c"), 0) if "c" in axes else coarsest[None]
+    spans = np.nanmax(np.abs(values.reshape(len(values), -1)), axis=1)
+    return [float(s) if np.isfinite(s) and s > 0 else 1.0 for s in spans]
 
 
 def compare_nodes(root: Location, path_a: str, path_b: str) -> Opened:

@@ -46,21 +46,18 @@ def stale_explanation(info: NodeInfo, parent: NodeInfo | None) -> list[str]:
     if not info.stale or info.manifest is None:
         return []
     name = (parent.path or "/") if parent is not None else "?"
-    lines = [f"stale:     its parent {name!r} was recomputed after this node was made"]
     recorded = info.manifest.meta.get("parent_params", MISSING)
     now = parent.manifest.params if parent is not None and parent.manifest else MISSING
     if recorded is MISSING or now is MISSING:
         then_fp = (info.manifest.parent_fingerprint or "-")[:12]
         now_fp = (parent.manifest.fingerprint if parent and parent.manifest else "-") or "-"
-        lines.append(
-            f"           the parent's parameters then were not recorded; its fingerprint was "
-            f"{then_fp}…, is {now_fp[:12]}…"
-        )
-        return lines
+        return [
+            f"why:       parent {name!r} was recomputed since (its parameters then were not "
+            f"recorded; fingerprint then {then_fp}…, now {now_fp[:12]}…)"
+        ]
     changes = param_diff(recorded, now)
     if not changes:
-        lines.append("           with the same parameters (an input or its own parent changed)")
-        return lines
-    lines.append("           parent parameters, then -> now:")
+        return [f"why:       parent {name!r} was recomputed since, with the same parameters"]
+    lines = [f"why:       parent {name!r} was recomputed since, with other parameters:"]
     lines += [f"             {key}: {show(old)} -> {show(new)}" for key, old, new in changes]
     return lines

@@ -2,12 +2,12 @@
 
 A plot has axes, ticks and a colour bar of its own: pasted into the viewer it would sit at
 (0, 0) over the data in pixel units. Here it is shown at its natural size, scaled down to
-the pane's width when wider, and scrollable.
+fit the pane when larger.
 """
 
 from __future__ import annotations
 
-from qtpy.QtCore import QByteArray, Qt
+from qtpy.QtCore import QByteArray, QMargins, Qt
 from qtpy.QtGui import QImage, QPainter, QPixmap
 from qtpy.QtWidgets import QLabel, QScrollArea
 
@@ -66,7 +66,11 @@ class PlotPane(QScrollArea):
         if self.image is None:
             return
         pixmap = QPixmap.fromImage(self.image)
-        width = max(self.viewport().width() - 4, 50)
-        if pixmap.width() > width:
-            pixmap = pixmap.scaledToWidth(width, Qt.TransformationMode.SmoothTransformation)
+        room = self.viewport().size().shrunkBy(QMargins(2, 2, 2, 2))
+        if pixmap.width() > room.width() or pixmap.height() > room.height():
+            pixmap = pixmap.scaled(
+                room,
+                Qt.AspectRatioMode.KeepAspectRatio,
+                Qt.TransformationMode.SmoothTransformation,
+            )
         self._label.setPixmap(pixmap)
