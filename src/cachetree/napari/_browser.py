@@ -74,8 +74,9 @@ STATE_COLOURS = {
     "root": "#a0a0a0",
 }
 ROLE = Qt.ItemDataRole.UserRole
-KIND_WIDTH = 110
-"""Initial width of the Kind column (drag to widen; the full kind is in the tooltip)."""
+NAME_SHARE = 0.45
+"""Largest share of the tree's width the Name column takes on its own (longer names are
+shortened with "…"; drag the column edge to see more)."""
 OPEN_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space)
 """Keys that open the current row, as a double-click does."""
 
@@ -194,13 +195,12 @@ class CacheTreeBrowser(QWidget):
         header = self.tree.header()
         header.setStretchLastSection(False)
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Stretch)  # elided when narrow
-        header.setSectionResizeMode(KIND, QHeaderView.ResizeMode.Interactive)
-        header.resizeSection(KIND, KIND_WIDTH)
+        header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Interactive)  # fit_columns
+        header.setSectionResizeMode(KIND, QHeaderView.ResizeMode.Stretch)  # elided when narrow
         self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.tree.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.tree.installEventFilter(self)
-        self.setMinimumWidth(460)
+        self.setMinimumWidth(500)
         self.tree.setSelectionMode(QTreeWidget.SelectionMode.ExtendedSelection)
         self.tree.itemSelectionChanged.connect(self._selection_rows_changed)
         self.tree.itemExpanded.connect(self._expanded)
@@ -459,6 +459,18 @@ class CacheTreeBrowser(QWidget):
             QTreeWidgetItem.ChildIndicatorPolicy.DontShowIndicatorWhenChildless
         )
         self._apply_filter()
+        self.fit_columns()
+
+    def fit_columns(self) -> None:
+        """Name as wide as its longest name up to :data:`NAME_SHARE` of the width; Kind
+        takes what is left (shortened with "…"); Status, Size and Time fit their content."""
+        wanted = self.tree.sizeHintForColumn(NAME) + self.tree.indentation()
+        room = int(self.tree.viewport().width() * NAME_SHARE)
+        self.tree.header().resizeSection(NAME, max(min(wanted, room), 80))
+
+    def resizeEvent(self, event: Any) -> None:  # Qt's name
+        super().resizeEvent(event)
+        self.fit_columns()
 
     def _sync_children(self, row: QTreeWidgetItem, wanted: list[Row]) -> None:
         """Make ``row``'s children match ``wanted``: update, add and remove, keep expansion."""
