@@ -91,7 +91,7 @@ def test_the_details_of_a_stale_node_say_which_parameter_change_made_it_stale(
     wait_idle(qtbot, browser)
     browser.select("segment/cells")
     details = browser.text_pane.toPlainText()
-    assert "why:       parent 'segment' was recomputed since, with other parameters:" in details
+    assert "why:       parent 'segment' recomputed with other parameters:" in details
     assert "level: 1 -> 2" in details
 
 

@@ -52,12 +52,12 @@ def stale_explanation(info: NodeInfo, parent: NodeInfo | None) -> list[str]:
         then_fp = (info.manifest.parent_fingerprint or "-")[:12]
         now_fp = (parent.manifest.fingerprint if parent and parent.manifest else "-") or "-"
         return [
-            f"why:       parent {name!r} was recomputed since (its parameters then were not "
+            f"why:       parent {name!r} recomputed (its parameters then were not "
             f"recorded; fingerprint then {then_fp}…, now {now_fp[:12]}…)"
         ]
     changes = param_diff(recorded, now)
     if not changes:
-        return [f"why:       parent {name!r} was recomputed since, with the same parameters"]
-    lines = [f"why:       parent {name!r} was recomputed since, with other parameters:"]
+        return [f"why:       parent {name!r} recomputed with the same parameters"]
+    lines = [f"why:       parent {name!r} recomputed with other parameters:"]
     lines += [f"             {key}: {show(old)} -> {show(new)}" for key, old, new in changes]
     return lines
