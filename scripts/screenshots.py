@@ -6,7 +6,8 @@ Run it under an X server from the repository root::
 
 It builds the demo tree (File > Open Sample > Demo cache tree), adds the nodes the guide's
 walkthrough uses (a spilled, unfinished canvas; a node with parts to combine; a crashed
-node; leftovers to clean), then drives the real widgets and saves PNG files into
+node whose writer died; a stale node; a second run of the model to compare; leftovers to
+clean), then drives the real widgets and saves PNG files into
 ``docs/screenshots/``. Every step waits for the widget's worker threads, so what is saved
 is what a user would see.
 """
@@ -64,7 +65,7 @@ def parts_to_combine(root: Path) -> None:
     from cachetree.results import add_part, set_combiner
 
     tree = CacheTree(root)
-    labels = tree.node("nuclei").open_image("nuclei")[0].compute()
+    labels = tree.node("nuclei").open_image("nuclei", image="hematoxylin")[0].compute()
     node = tree.node("counts", params={"region": 64}).open()
     set_combiner(node, "sum")
     node.abandon()  # the workers, in other processes, add parts; combine runs later
@@ -80,16 +81,59 @@ def parts_to_combine(root: Path) -> None:
 
 
 def leftovers(root: Path) -> None:
-    """A run that crashed before committing, and an older run's leftover."""
+    """A run whose process died before committing, and an older run's leftover."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os\n"
+        "from cachetree import CacheTree\n"
+        f"node = CacheTree({str(root)!r}).node('report', params={{'format': 'json'}}).open()\n"
+        "node.save_json('summary', {'nuclei': 55, 'status': 'written, never committed'})\n"
+        "os._exit(1)  # the process dies here: its lock stays, the node is not committed\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    from cachetree import CacheTree
+
+    old = CacheTree(root).node("old-run").open()
+    old.save_array("scratch", np.zeros((512, 512), np.float32))
+    old.abandon()
+
+
+def stale_child(root: Path) -> None:
+    """A quality-control step with a child, then the step recomputed: the child is stale."""
     from cachetree import CacheTree
 
     tree = CacheTree(root)
-    crashed = tree.node("report", params={"format": "json"}).open()
-    crashed.save_json("summary", {"nuclei": 55, "status": "written, never committed"})
-    crashed.abandon()  # died here: the data is complete but the node is not committed
-    old = tree.node("old-run").open()
-    old.save_array("scratch", np.zeros((512, 512), np.float32))
-    old.abandon()
+    for min_area in (20, 40):
+        with tree.node("qc", params={"min_area": min_area, "channel": "DAB"}) as node:
+            node.save_json("summary", {"min_area": min_area})
+        if min_area == 20:
+            with tree.node("qc/per-region", params={"region": 64}) as child:
+                child.save_json("counts", {"regions": 64})
+
+
+def second_model_run(root: Path, stride: int = 64) -> None:
+    """The demo's patch model again at another stride: two runs of one step to compare."""
+    from cachetree import CacheTree
+    from cachetree.canvas import Canvas
+    from cachetree.demo import _batches, load_sample_image, patch_boxes, patch_model
+
+    tree = CacheTree(root)
+    rgb = load_sample_image()
+    params = {"patch": 128, "stride": stride, "weights": "gaussian"}
+    with tree.node(f"model-stride{stride}", params=params) as node:
+        canvas = Canvas(
+            node,
+            rgb.shape[:2],
+            {"stains": 3, "foreground": 1},
+            weights="gaussian",
+            tile=128,
+            channel_names={"stains": ["hematoxylin", "eosin", "DAB"]},
+        )
+        for patches, boxes in _batches(rgb, patch_boxes(rgb.shape[:2], 128, stride), 8):
+            canvas.add(patch_model(patches), boxes)
+        canvas.finalize(commit=False)
 
 
 # -- driving napari ---------------------------------------------------------------------------
@@ -134,47 +178,47 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["CACHETREE_DEMO_DIR"] = str(demo)
 
     import napari
+    from cachetree.napari._browser import ROLE
 
     viewer = napari.Viewer(title="napari + cachetree")
     viewer.window._qt_window.resize(1500, 940)
     wait(lambda: True)
 
-    # 1. File > Open Sample > Demo cache tree
+    # 1. File > Open Sample > Demo cache tree: the slide at once, the tree built in a worker
     viewer.open_sample("cachetree", "demo")
-    wait(lambda: True)
+    wait(lambda: "density:density" in viewer.layers, timeout=300)
     save(viewer.screenshot(canvas_only=False, flash=False), args.out / "sample.png")
 
     spilled_canvas(demo)
     parts_to_combine(demo)
     leftovers(demo)
+    stale_child(demo)
+    second_model_run(demo)
 
-    # 2. the browser, with a node's log in the text pane
+    # 2. the browser: the density heatmap over the slide, its plot in the plot pane
     _, browser = viewer.window.add_plugin_dock_widget("cachetree", "Cache tree browser")
     wait(lambda: browser.row("density") is not None and not browser.busy)
-    for path in ("density", "predict"):
+    for layer in viewer.layers:
+        layer.visible = layer.name in ("input:ihc", "density:density")
+    for path in ("density",):
         browser.row(path).setExpanded(True)
     wait(lambda: not browser.busy)
-    browser.open_row(browser.select("density", "log.txt"))
+    browser.open_row(browser.select("density", "density.png"))
     wait(lambda: not browser.busy)
-    browser.select("density", "log.txt")
-    browser.open_row(browser.select("density", "log.txt"))
-    wait(lambda: not browser.busy)
+    viewer.reset_view()
+    wait(lambda: True)
     save(viewer.screenshot(canvas_only=False, flash=False), args.out / "browser.png")
 
-    # 3. the spilled, unfinished canvas, normalised lazily
+    # 3. the spilled, unfinished canvas over the slide, normalised lazily (default display)
     for layer in viewer.layers:
-        layer.visible = False
-    browser.row("predict").setExpanded(False)
+        layer.visible = layer.name == "input:ihc"
     browser.open_row(browser.select("predict"))
     wait(lambda: not browser.busy and "predict:dab" in viewer.layers)
-    viewer.layers["predict:dab"].colormap = "inferno"
-    for name in ("predict:stains [0]", "predict:stains [1]"):
-        viewer.layers[name].visible = False
     viewer.reset_view()
     wait(lambda: True)
     save(viewer.screenshot(canvas_only=False, flash=False), args.out / "spilled-canvas.png")
 
-    # 4. one spill part, where it sits on the canvas
+    # 4. one spill part, where it sits on the canvas (its own colormap)
     browser.row("predict").setExpanded(True)
     wait(lambda: not browser.busy)
     parts = browser.row("predict").child(0)
@@ -184,30 +228,43 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(parts.childCount())
         if parts.child(i).text(0).startswith("canvas-spill")
     ]
-    spill = spills[len(spills) // 2]
+    spill = max(spills, key=lambda row: row.data(0, ROLE).part.nbytes)  # the largest
     browser.tree.setCurrentItem(spill)
     browser.tree.scrollToItem(spill)
     browser.open_selected()
     part_layer = f"predict:parts/{spill.text(0)}/dab"
     wait(lambda: not browser.busy and part_layer in viewer.layers)
-    viewer.layers["predict:dab"].colormap = "gray"
-    viewer.layers["predict:dab"].opacity = 0.5
-    viewer.layers[part_layer].colormap = "inferno"
     for layer in viewer.layers:
-        if layer.name.startswith(f"predict:parts/{spill.text(0)}/stains"):
+        if layer.name.startswith(("predict:stains", f"predict:parts/{spill.text(0)}/stains")):
             layer.visible = False
     wait(lambda: True)
     save(viewer.screenshot(canvas_only=False, flash=False), args.out / "spill-part.png")
+    browser.row("predict").setExpanded(False)
 
-    # 5. Commit the crashed node
+    # 5. a stale node: the details say which parameter change made it stale
+    browser.row("qc").setExpanded(True)
+    wait(lambda: not browser.busy and browser.row("qc/per-region") is not None)
+    browser.select("qc/per-region")
+    wait(lambda: True)
+    browser.grab().save(str(args.out / "stale.png"))
+    print(f"wrote {(args.out / 'stale.png').relative_to(REPO)}")
+
+    # 6. Commit the node whose writer died: it asks first, saying what is missing
     _, commit = viewer.window.add_plugin_dock_widget("cachetree", "Commit")
+    browser.refresh()
+    wait(lambda: not browser.busy and browser.row("report") is not None)
     browser.select("report")
     wait(lambda: commit.run_button.isEnabled())
     commit.run()
+    wait(lambda: commit.confirm_box is not None and commit.confirm_box.isVisible())
+    commit.confirm_box.grab().save(str(args.out / "commit-confirm.png"))
+    print(f"wrote {(args.out / 'commit-confirm.png').relative_to(REPO)}")
+    commit.confirm_box.button(commit.confirm_box.StandardButton.Yes).click()
+    wait(lambda: not commit.busy and commit.confirm_box is None)
     wait(lambda: not commit.busy)
     grab(commit, args.out / "commit.png")
 
-    # 6. Combine the workers' parts
+    # 7. Combine the workers' parts
     _, combine = viewer.window.add_plugin_dock_widget("cachetree", "Combine")
     browser.select("counts")
     wait(lambda: combine.run_button.isEnabled())
@@ -215,14 +272,27 @@ def main(argv: list[str] | None = None) -> int:
     wait(lambda: not combine.busy)
     grab(combine, args.out / "combine.png")
 
-    # 7. Clean: the dry run, waiting for confirmation
+    # 8. Clean: the dry run, waiting for confirmation
     _, clean = viewer.window.add_plugin_dock_widget("cachetree", "Clean")
     browser.select("")
     wait(lambda: not browser.busy)
     clean.run()
     wait(lambda: not clean.busy and clean.plan is not None)
-    clean.resize(520, 460)
     grab(clean, args.out / "clean.png")
+
+    # 9. Compare two runs of the model step: parameters side by side, lazy differences
+    for layer in list(viewer.layers):
+        layer.visible = False
+    browser.select("model")
+    browser.row("model-stride64").setSelected(True)
+    wait(lambda: browser.compare_button.isEnabled())
+    browser.compare_selected()
+    wait(lambda: not browser.busy and "model - model-stride64:foreground" in viewer.layers)
+    for layer in viewer.layers:
+        layer.visible = layer.name == "model - model-stride64:foreground"
+    viewer.reset_view()
+    wait(lambda: True)
+    save(viewer.screenshot(canvas_only=False, flash=False), args.out / "compare.png")
 
     viewer.close()
     shutil.rmtree(tmp, ignore_errors=True)

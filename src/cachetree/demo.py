@@ -8,7 +8,8 @@ doubles as an example of a pipeline built on cachetree:
    eosin and DAB, and a foreground probability) run over overlapping patches and merged by a
    :class:`~cachetree.canvas.Canvas` whose accumulators do not fit the memory budget, so it
    spills to disk while it runs;
-3. ``nuclei``   nuclei labelled from the merged hematoxylin probability (OME-Zarr labels);
+3. ``nuclei``   nuclei labelled from the merged hematoxylin probability (OME-Zarr labels,
+   stored under that probability image where OME-Zarr viewers find them);
 4. ``density``  nuclei per region: two independent worker processes each count part of the
    image and write a part into the child node ``density/counts``, a combine step joins them;
    the heatmap is saved with a log, JSON metrics and a plot.
@@ -156,7 +157,7 @@ def count_nuclei(labels: np.ndarray, region: int, rows: tuple[int, int]) -> np.n
 
 def density_worker(node_url: str, nuclei_url: str, region: int, rows: tuple[int, int]) -> str:
     """Run in a separate process: count the nuclei of some block rows and write a part."""
-    labels = cdir_query(nuclei_url).node.open_image("nuclei")[0].compute()
+    labels = cdir_query(nuclei_url).node.open_image("nuclei", image="hematoxylin")[0].compute()
     part = add_part(
         node_url, "density", {"data": count_nuclei(labels, region, rows)}, order=rows[0]
     )
@@ -256,7 +257,8 @@ def run_demo(
             labels = label_nuclei(
                 hematoxylin, foreground, params.nuclei_threshold, params.min_nucleus_pixels
             )
-            node.save_labels("nuclei", labels)
+            node.save_image("hematoxylin", hematoxylin)
+            node.save_labels("nuclei", labels, image="hematoxylin")
             node.log(
                 f"{labels.max()} nuclei with hematoxylin probability > {params.nuclei_threshold}"
             )

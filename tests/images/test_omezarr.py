@@ -196,6 +196,30 @@ def test_contrast_limits_without_channel_axis(tmp_path):
     assert info.channel_names is None
 
 
+RGB_HEX = ["FF0000", "00FF00", "0000FF"]
+
+
+@pytest.mark.parametrize(
+    ("names", "dtype", "colours", "full_window"),
+    [
+        (["red", "green", "blue"], np.uint8, ["FF0000", "00FF00", "0000FF"], True),
+        (["Red", "Green", "Blue", "alpha"], np.uint8, [*RGB_HEX, "FFFF00"], True),
+        (["red", "green", "blue"], np.uint16, ["FF0000", "00FF00", "0000FF"], False),
+        (["dapi", "gfp", "yellow"], np.uint8, ["FF00FF", "00FF00", "FFFF00"], False),
+    ],
+)
+def test_channel_colours_follow_colour_names(tmp_path, names, dtype, colours, full_window):
+    data = np.full((len(names), 8, 8), 7, dtype)
+    data[:, 0, 0] = 9
+    write_image(tmp_path / "img.zarr", data, channel_names=names)
+    channels = _attrs(tmp_path / "img.zarr")["omero"]["channels"]
+    assert [ch["color"] for ch in channels] == colours
+    window = (0, 255) if full_window else (7, 9)  # RGB(A) uint8: never stretched per channel
+    assert {(ch["window"]["start"], ch["window"]["end"]) for ch in channels} == {window}
+    assert {(ch["window"]["min"], ch["window"]["max"]) for ch in channels} == {(7, 9)}
+    assert [ch["active"] for ch in channels] == [name != "alpha" for name in names]
+
+
 # -- metadata ---------------------------------------------------------------------------------
 def test_multiscales_metadata(tmp_path):
     path = tmp_path / "img.zarr"
@@ -408,3 +432,20 @@ def test_image_info_is_frozen(tmp_path):
     assert isinstance(info, ImageInfo)
     with pytest.raises(AttributeError):
         info.dtype = "float32"  # type: ignore[misc]
+
+
+def test_labels_under_an_image_must_match_its_extent(tmp_path):
+    from cachetree.images.ngff import label_names, write_labels
+
+    write_image(tmp_path / "img.zarr", np.zeros((2, 40, 30), np.uint8), scale=(2.0, 3.0))
+    assert label_names(tmp_path / "img.zarr") == []
+    with pytest.raises(ShapeMismatchError, match="do not match"):
+        write_labels(tmp_path / "img.zarr", "cells", np.zeros((40, 31), np.uint8))
+    with pytest.raises(NodeNotFoundError):
+        write_labels(tmp_path / "none.zarr", "cells", np.zeros((40, 30), np.uint8))
+    info = write_labels(tmp_path / "img.zarr", "cells", np.ones((40, 30), np.uint8))
+    assert info.labels and info.scale == (2.0, 3.0)
+    write_labels(tmp_path / "img.zarr", "nuclei", np.ones((40, 30), np.uint8))
+    write_labels(tmp_path / "img.zarr", "cells", np.full((40, 30), 2, np.uint8))  # replaced
+    assert label_names(tmp_path / "img.zarr") == ["nuclei", "cells"]
+    np.testing.assert_array_equal(open_image(tmp_path / "img.zarr" / "labels" / "cells")[0], 2)

@@ -126,3 +126,18 @@ def wait_idle(qtbot, *widgets, timeout: int = 10_000) -> None:
 
 def elapsed(start: float) -> float:
     return time.perf_counter() - start
+
+
+def screenshot(viewer) -> np.ndarray:
+    """The canvas as RGB ``int`` pixels, after fitting the view to the layers."""
+    viewer.reset_view()
+    return viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+
+
+def on_screen(viewer, shot: np.ndarray, y: float, x: float) -> np.ndarray:
+    """The RGB pixel of ``shot`` where the data point ``(y, x)`` (world coordinates) is drawn."""
+    camera = viewer.scene.camera
+    cy, cx = camera.center[-2:]
+    zoom = camera.zoom
+    h, w = shot.shape[:2]
+    return shot[round(h / 2 + (y - cy) * zoom), round(w / 2 + (x - cx) * zoom)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
@@ -207,3 +210,44 @@ def test_changing_the_selection_drops_a_pending_plan(viewer, qtbot, browser):
     browser.select("segment")
     assert not clean.confirm_button.isEnabled() and clean.plan is None
     assert selection_for(viewer).path == "segment"
+
+
+def crash_a_writer(root) -> None:
+    """A process opens a node, writes one item and dies before committing (lock left)."""
+    code = textwrap.dedent(
+        f"""
+        import os
+        from cachetree import CacheTree
+        node = CacheTree({str(root)!r}).node("crashed", params={{"run": 1}}).open()
+        node.save_json("summary", {{"nuclei": 55}})
+        os._exit(1)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=False, timeout=120)
+
+
+def test_committing_a_node_whose_writer_died_asks_first_and_says_what_is_missing(
+    viewer, qtbot, browser, tree_root
+):
+    from qtpy.QtWidgets import QMessageBox
+
+    crash_a_writer(tree_root)
+    browser.refresh()
+    wait_idle(qtbot, browser)
+    qtbot.waitUntil(lambda: browser.row("crashed") is not None)
+    browser.select("crashed")
+    commit = dock(viewer, CommitWidget)
+    assert selection_for(viewer).info.writer is not None
+    assert not selection_for(viewer).info.writer_alive
+
+    for answer in (QMessageBox.StandardButton.No, QMessageBox.StandardButton.Yes):
+        commit.run()
+        qtbot.waitUntil(lambda: commit.confirm_box is not None and commit.confirm_box.isVisible())
+        text = commit.confirm_box.text()
+        assert "Commit 'crashed' although its writer died?" in text
+        assert "died before committing it" in text
+        assert "it holds only what was written: summary.json" in text
+        assert CacheTree(tree_root).node("crashed").status is Status.OPEN  # nothing happened yet
+        commit.confirm_box.button(answer).click()
+        wait_idle(qtbot, commit)
+    assert CacheTree(tree_root).node("crashed").status is Status.COMMITTED  # only after "Yes"

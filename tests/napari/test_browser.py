@@ -54,7 +54,7 @@ def test_tree_shows_states_and_loads_children_only_when_expanded(qtbot, browser,
         "unfinished": "uncommitted",
         "workers": "has parts",
     }
-    assert browser.row("segment").text(KIND) == "node: image, json, log, plot"
+    assert browser.row("segment").text(KIND) == "image, json, log, plot"
     assert browser.row("segment/cells") is None  # not listed before "segment" is expanded
 
     # recompute "segment" with other parameters: its committed child becomes stale
@@ -67,7 +67,7 @@ def test_tree_shows_states_and_loads_children_only_when_expanded(qtbot, browser,
     expand(qtbot, browser, "workers")
     parts = browser.row("workers").child(0)
     assert parts.text(NAME) == "parts"
-    assert child_names(parts) == ["_combiner", "w0", "w1"]
+    assert child_names(parts) == ["w0", "w1"]  # internal parts (_combiner) are not listed
 
 
 def test_listing_runs_off_the_gui_thread(make_napari_viewer, qtbot, tree_root, monkeypatch):
@@ -182,13 +182,23 @@ def test_logs_and_json_show_in_the_text_pane(qtbot, browser):
     assert len(browser.viewer.layers) == 0
 
 
-def test_plots_arrays_labels_and_parts_open_as_layers(qtbot, browser):
-    viewer = browser.viewer
+def test_plots_open_in_the_plot_pane_never_as_layers(qtbot, browser):
     expand(qtbot, browser, "segment")
     open_item(qtbot, browser, "segment", "curve.png")
-    plot = viewer.layers["segment:curve.png"]
-    assert plot.rgb and plot.data.shape == (24, 32, 3)
-    assert tuple(plot.data[0, 0]) == (255, 0, 0)
+    assert len(browser.viewer.layers) == 0
+    assert browser.lower_pane.currentWidget() is browser.plot_pane
+    image = browser.plot_pane.image
+    assert (image.width(), image.height()) == (32, 24)
+    assert image.pixelColor(0, 0).getRgb()[:3] == (255, 0, 0)  # red left half
+    assert image.pixelColor(31, 23).getRgb()[:3] == (0, 0, 255)  # blue right half
+    assert browser.status_label.text() == "plot shown below"
+    browser.select("segment", "log.txt")  # details of another row: text again
+    assert browser.lower_pane.currentWidget() is browser.text_pane
+
+
+def test_arrays_labels_and_parts_open_as_layers(qtbot, browser):
+    viewer = browser.viewer
+    expand(qtbot, browser, "segment")
 
     expand(qtbot, browser, "segment/cells")
     open_item(qtbot, browser, "segment/cells", "cells.ome.zarr")
@@ -199,7 +209,7 @@ def test_plots_arrays_labels_and_parts_open_as_layers(qtbot, browser):
     expand(qtbot, browser, "workers")
     parts = browser.row("workers").child(0)
     parts.setExpanded(True)
-    browser.tree.setCurrentItem(parts.child(2))
+    browser.tree.setCurrentItem(parts.child(1))  # w1
     browser.open_selected()
     wait_idle(qtbot, browser)
     tile = viewer.layers["workers:parts/w1/tile"]

@@ -90,7 +90,7 @@ def test_a_finalised_canvas_opens_as_its_head_images(make_napari_viewer, tree_ro
     _mask, tumour, stroma = viewer.open(str(tree_root / "merged"), plugin="cachetree")
     assert (tumour.name, stroma.name) == ("merged:prob [tumour]", "merged:prob [stroma]")
     assert tumour.multiscale and isinstance(tumour.data[0], da.Array)
-    np.testing.assert_allclose(tumour.contrast_limits, (0.25, 1.25))  # one value: widened by 1
+    np.testing.assert_allclose(tumour.contrast_limits, (0, 1))  # a probability, as such
     np.testing.assert_allclose(np.asarray(stroma.data[0][10, 10]), 0.75)
 
 
@@ -104,7 +104,11 @@ def test_a_node_opens_as_lazy_multiscale_layers_from_metadata(make_napari_viewer
     np.testing.assert_allclose(tumour.translate, (10.0, 20.0))
     assert tuple(tumour.contrast_limits) == (0.0, 1.0)  # omero window, no data scan
     np.testing.assert_allclose(stroma.contrast_limits, (0.0, 5.0))
-    assert stroma.blending == "additive"  # channels add up over the first one
+    # derived data shows what is under it: transparent at 0, coloured and translucent above
+    for layer, colour in ((tumour, "#FF00FF"), (stroma, "#00FF00")):  # omero colours
+        assert (layer.blending, layer.opacity) == ("translucent", 0.6)
+        assert layer.colormap.name == f"cachetree {colour} ramp"
+        assert layer.colormap.colors[0][3] == 0 and layer.colormap.colors[-1][3] == 1
     assert tumour.metadata["cachetree"] == {
         "root": str(tree_root),
         "node": "segment",

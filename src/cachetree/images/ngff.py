@@ -28,11 +28,13 @@ from tqdm import tqdm
 
 from ..errors import DTypeMismatchError, InvalidDataError, NodeNotFoundError, ShapeMismatchError
 from ..fs.location import Location, fsync_path, temp_name
+from .meta import LABELS_GROUP, label_names
 from .policy import compressor, downsample_2x2
 
 __all__ = [
     "AXIS_ORDER",
     "DEFAULT_TILE",
+    "LABELS_GROUP",
     "NGFF_VERSION",
     "ImageInfo",
     "check_axes",
@@ -41,12 +43,15 @@ __all__ = [
     "check_extra_attrs",
     "default_name",
     "is_ome_zarr",
+    "is_rgb",
+    "label_names",
     "level_shapes",
     "multiscales_metadata",
     "omero_metadata",
     "open_image",
     "read_image",
     "write_image",
+    "write_labels",
 ]
 
 
@@ -65,6 +70,21 @@ _BARS: dict[str, tqdm] = {}
 it, so they stay picklable; a task in another process finds none and its level is counted
 when the level is done."""
 _CHANNEL_COLORS = ("FF00FF", "00FF00", "00FFFF", "FFFF00", "FF0000", "0000FF")
+"""``omero`` colours of channels whose name is no colour, in channel order."""
+NAMED_COLORS = {
+    "red": "FF0000",
+    "green": "00FF00",
+    "blue": "0000FF",
+    "cyan": "00FFFF",
+    "magenta": "FF00FF",
+    "yellow": "FFFF00",
+    "gray": "FFFFFF",
+    "grey": "FFFFFF",
+    "white": "FFFFFF",
+}
+"""``omero`` colours of channels named like a colour: the colour itself."""
+RGB_NAMES = (("red", "green", "blue"), ("red", "green", "blue", "alpha"))
+"""Channel names (case-insensitive) of an RGB(A) image."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,9 @@ class ImageInfo:
     channel_names: tuple[str, ...] | None
     url: str
     name: str
+    value_range: tuple[float, float] | list[tuple[float, float]] | None = None
+    """``(min, max)`` of the finite values of level 0 (one per channel with a ``c`` axis),
+    when the ``omero`` metadata records them."""
 
 
 # -- public API ----------------------------------------------------------------------------
@@ -105,6 +128,7 @@ def write_image(
     name: str | None = None,
     extra_attrs: Mapping[str, Any] | None = None,
     progress: bool = False,
+    label_source: str | None = None,
 ) -> ImageInfo:
     """Write ``data`` as an OME-NGFF 0.4 multiscale image (or labels) at ``location``.
 
@@ -139,6 +163,9 @@ def write_image(
         More group attributes, merged in under their own keys.
     progress
         Show a progress bar over the chunks written.
+    label_source
+        For labels under an image (see :func:`write_labels`): the image's path relative to
+        the labels, stored as ``image-label.source.image``.
 
     Returns
     -------
@@ -183,8 +210,12 @@ def write_image(
         }
         if labels:
             attrs["image-label"] = {"version": NGFF_VERSION}
+            if label_source is not None:
+                attrs["image-label"]["source"] = {"image": label_source}
         else:
-            attrs["omero"] = omero_metadata(name, axes_t, source.shape, low, high, names)
+            attrs["omero"] = omero_metadata(
+                name, axes_t, source.shape, low, high, names, dtype=source.dtype
+            )
         group.attrs.update({**extra, **attrs})
     except BaseException:
         if loc.is_local:
@@ -224,6 +255,14 @@ def read_image(location: Location | str) -> ImageInfo:
     contrast_limits: tuple[float, float] | list[tuple[float, float]] | None = None
     if channels and len(windows) == len(channels):
         contrast_limits = windows if "c" in axes else windows[0]
+    ranges = [
+        (ch["window"]["min"], ch["window"]["max"])
+        for ch in channels
+        if "min" in ch.get("window", {}) and "max" in ch.get("window", {})
+    ]
+    value_range: tuple[float, float] | list[tuple[float, float]] | None = None
+    if channels and len(ranges) == len(channels):
+        value_range = ranges if "c" in axes else ranges[0]
     channel_names = None
     if channels and "c" in axes:
         channel_names = tuple(str(ch.get("label", f"channel_{i}")) for i, ch in enumerate(channels))
@@ -239,6 +278,7 @@ def read_image(location: Location | str) -> ImageInfo:
         channel_names=channel_names,
         url=loc.url,
         name=multiscale.get("name") or default_name(loc),
+        value_range=value_range,
     )
 
 
@@ -265,6 +305,57 @@ def is_ome_zarr(location: Location | str) -> bool:
         return _ome_attrs(Location.from_url(location)) is not None
     except Exception:
         return False
+
+
+def write_labels(
+    image: Location | str,
+    name: str,
+    data: Any,
+    *,
+    axes: str | Sequence[str] | None = None,
+    **kwargs: Any,
+) -> ImageInfo:
+    """Write ``data`` as the labels ``name`` of the OME-Zarr image at ``image``.
+
+    The labels go where OME-NGFF readers look for them: ``<image>/labels/<name>``, listed in
+    the ``labels`` group's attributes, with ``image-label.source`` pointing back at the
+    image. Their y and x (and z, t) extents must match the image's; scale and translation
+    default to the image's. Other keyword arguments go to :func:`write_image`.
+
+    Raises
+    ------
+    NodeNotFoundError, InvalidDataError
+        There is no OME-Zarr image at ``image``.
+    ShapeMismatchError
+        The labels' spatial extent differs from the image's.
+    """
+    image_loc = Location.from_url(image)
+    info = read_image(image_loc)
+    source = _as_dask(data)
+    label_axes = check_axes(axes, source.ndim, labels=True)
+    extent = dict(zip(info.axes, info.shape, strict=True))
+    if any(extent.get(a, n) != n for a, n in zip(label_axes, source.shape, strict=True)):
+        raise ShapeMismatchError(
+            f"labels of shape {source.shape} (axes {''.join(label_axes)!r}) do not match "
+            f"image {info.name!r} of shape {info.shape} (axes {''.join(info.axes)!r})"
+        )
+    for key, values in (("scale", info.scale), ("translation", info.translation)):
+        by_axis = dict(zip(info.axes, values, strict=True))
+        kwargs.setdefault(key, [by_axis[a] for a in label_axes])
+    group_loc = image_loc.join(LABELS_GROUP)
+    written = write_image(
+        group_loc.join(name),
+        source,
+        axes=label_axes,
+        labels=True,
+        name=name,
+        label_source="../../",
+        **kwargs,
+    )
+    group = zarr.open_group(group_loc.zarr_store(), mode="a", zarr_format=2)
+    names = [n for n in group.attrs.get("labels", []) if n != name]
+    group.attrs["labels"] = [*names, name]
+    return written
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -580,25 +671,43 @@ def omero_metadata(
     low: np.ndarray,
     high: np.ndarray,
     channel_names: list[str] | None,
+    *,
+    dtype: Any = None,
 ) -> dict[str, Any]:
-    """``omero`` rendering settings: one display window per channel, from the data range."""
+    """``omero`` rendering settings: one colour and display window per channel.
+
+    A channel named like a colour (``red``, ``green``, ...) gets that colour, others a
+    cycle of distinct colours (white for a single channel). The window is the data range,
+    except for RGB(A) ``uint8`` images (channels named red, green, blue[, alpha]), whose
+    window is the full 0..255 so that viewers show their true colours (an alpha channel is
+    inactive: viewers that split channels do not add it to the colours).
+    """
     count = shape[axes.index("c")] if "c" in axes else 1
     names = channel_names or [f"channel_{i}" for i in range(count)]
-    colors = ["FFFFFF"] if count == 1 else [_CHANNEL_COLORS[i % 6] for i in range(count)]
+    cycle = ["FFFFFF"] if count == 1 else [_CHANNEL_COLORS[i % 6] for i in range(count)]
+    colors = [NAMED_COLORS.get(n.lower(), c) for n, c in zip(names, cycle, strict=True)]
+    rgb = dtype is not None and is_rgb(names, np.dtype(dtype))
     channels = [
         {
             "label": names[i],
             "color": colors[i],
-            "active": True,
+            "active": not (rgb and names[i].lower() == "alpha"),
             "coefficient": 1.0,
             "family": "linear",
             "inverted": False,
-            "window": _window(lo, hi),
+            "window": {**_window(lo, hi), "start": 0, "end": 255} if rgb else _window(lo, hi),
         }
         for i, (lo, hi) in enumerate(zip(np.ravel(low), np.ravel(high), strict=True))
     ]
     model = "color" if count > 1 else "greyscale"
     return {"name": name, "version": NGFF_VERSION, "channels": channels, "rdefs": {"model": model}}
+
+
+def is_rgb(channel_names: Sequence[str] | None, dtype: np.dtype | str) -> bool:
+    """Whether channels of this ``dtype`` and these names make an RGB(A) ``uint8`` image."""
+    if channel_names is None or np.dtype(dtype) != np.uint8:
+        return False
+    return tuple(n.lower() for n in channel_names) in RGB_NAMES
 
 
 def _window(low: np.generic, high: np.generic) -> dict[str, float]:

@@ -393,6 +393,7 @@ class ImageWriter:
                 np.atleast_1d(np.asarray(low)),
                 np.atleast_1d(np.asarray(high)),
                 names,
+                dtype=self.dtype,
             ),
         }
         group = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=2)

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QCheckBox,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QPushButton,
     QTreeWidget,
     QTreeWidgetItem,
@@ -30,8 +31,10 @@ from cachetree.tree.lock import break_lock, read_lock
 from cachetree.tree.manifest import Status
 from cachetree.tree.node import Node
 
+from ._docking import ACTION, arrange_when_docked
 from ._selection import Selection, selection_for
-from ._threads import Report, busy, qt_alive, run_task
+from ._threads import Report, busy, qt_alive, run_in_thread, run_task
+from ._unfinished import confirmation_text, missing, writer_died
 
 if TYPE_CHECKING:
     import napari
@@ -67,6 +70,7 @@ class _ActionWidget(QWidget):
         layout.addWidget(self.result_label)
         if not fills:
             layout.addStretch(1)
+        arrange_when_docked(self, ACTION)
         self.selection.changed.connect(self._selection_changed)
         self.destroyed.connect(partial(_disconnect, self.selection, self._selection_changed))
         self._selection_changed()
@@ -146,11 +150,54 @@ class CommitWidget(_ActionWidget):
         "before committing. Refused while a live process writes it or a child is uncommitted."
     )
 
+    confirm_box: QMessageBox | None = None
+    """The question asked before committing a node whose writer died (while it is open)."""
+
     def _can_run(self) -> bool:
         info = self.selection.info
         if self.selection.node is None or info is None:
             return self.selection.node is not None
         return info.status is not Status.COMMITTED and info.state != "root"
+
+    def run(self) -> None:
+        """Commit the selected node; when its writer died, first say what it lacks and ask."""
+        node, info = self.selection.node, self.selection.info
+        if node is None or self.busy or not writer_died(info):
+            super().run()
+            return
+        path = self.selection.path or "/"
+        self.run_button.setEnabled(False)
+        self.result_label.setText(f"checking what {path} lacks …")
+        run_in_thread(
+            self,
+            missing,
+            node,
+            info,
+            on_return=lambda lines: self._ask(path, lines),
+            on_error=lambda exc: self._failed(path, exc),
+            on_finish=self._selection_changed,
+        )
+
+    def _ask(self, path: str, lines: list[str]) -> None:
+        box = QMessageBox(
+            QMessageBox.Icon.Warning,
+            "Commit a node whose writer died?",
+            confirmation_text(path, lines),
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            self,
+        )
+        box.setDefaultButton(QMessageBox.StandardButton.No)
+        box.finished.connect(lambda _: self._answered(path, box))
+        self.confirm_box = box
+        self.result_label.setText(f"Commit of {path}: waiting for confirmation")
+        box.open()
+
+    def _answered(self, path: str, box: QMessageBox) -> None:
+        self.confirm_box = None
+        if box.standardButton(box.clickedButton()) == QMessageBox.StandardButton.Yes:
+            super().run()
+        else:
+            self.result_label.setText(f"Commit of {path} cancelled: nothing changed")
 
     def _work(self, node: Node, report: Report) -> Node:
         report(0, 1, "taking the inventory")
@@ -209,7 +256,7 @@ class CleanWidget(_ActionWidget):
         self.entries = QTreeWidget()
         self.entries.setHeaderLabels(("Size", "Path", "Reason"))
         self.entries.setRootIsDecorated(False)
-        self.entries.setMinimumHeight(140)
+        self.entries.setMinimumHeight(80)
         self.entries.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.total_label = QLabel()
         self.confirm_button = QPushButton("Delete the listed entries")

@@ -5,23 +5,26 @@ are listed when it is first expanded; *Refresh* (or *Live*, on a timer) lists ev
 expanded node again and updates the rows in place. All listing and opening runs in worker
 threads: the GUI thread only builds rows and adds layers.
 
-Double-click (or *Open*) shows a row: a node's images, labels and canvases, or one item
-or part, as lazy layers; logs and JSON in the text pane below the tree. Single-click shows
-a row's details there and makes its node the selection the Commit, Combine and Clean
-widgets act on.
+Double-click, Enter or Space (or *Open*) shows a row: a node's images, labels and
+canvases, or one item or part, as lazy layers; logs and JSON in the text pane below the
+tree, plots in the plot pane there. Single-click shows a row's details there and makes its
+node the selection the Commit, Combine and Clean widgets act on. Two nodes selected
+together (Ctrl+click) can be compared: parameters side by side, image differences as lazy
+layers.
 """
 
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.utils.notifications import show_info, show_warning
-from qtpy.QtCore import Qt, QTimer
-from qtpy.QtGui import QBrush, QColor
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtGui import QBrush, QColor, QFontDatabase
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -33,20 +36,26 @@ from qtpy.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSplitter,
+    QStackedWidget,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
+from cachetree.errors import CacheTreeError
 from cachetree.fs.location import Location
 from cachetree.tree.clean import format_bytes
 from cachetree.tree.node import Node
 from cachetree.tree.parts import PartInfo
 from cachetree.tree.walk import NodeInfo
 
+from ._compare import compare_nodes
+from ._docking import BROWSER, arrange_when_docked
 from ._layers import Opened, add_layers, open_item, open_node, open_part
 from ._listing import ItemEntry, Listing, list_node
+from ._params import stale_explanation
+from ._plot_pane import PlotPane
 from ._selection import selection_for
 from ._threads import busy, qt_alive, run_in_thread
 
@@ -65,6 +74,11 @@ STATE_COLOURS = {
     "root": "#a0a0a0",
 }
 ROLE = Qt.ItemDataRole.UserRole
+NAME_SHARE = 0.45
+"""Largest share of the tree's width the Name column takes on its own (longer names are
+shortened with "…"; drag the column edge to see more)."""
+OPEN_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space)
+"""Keys that open the current row, as a double-click does."""
 
 
 @dataclass(frozen=True)
@@ -90,17 +104,21 @@ class Row:
 
 
 def _short_time(iso: str | None) -> str:
-    return (iso or "")[:19].replace("T", " ")
+    """``2026-11-30T16:56:22.123+00:00`` -> ``11-30 16:56`` (the details show it in full)."""
+    return (iso or "")[5:16].replace("T", " ")
 
 
 def _node_columns(info: NodeInfo, name: str) -> list[str]:
-    return [name, info.state, info.kind, format_bytes(info.bytes), _short_time(info.time)]
+    kind = info.kind.removeprefix("node: ")  # say what it holds, not that it is a node
+    return [name, info.state, kind, format_bytes(info.bytes), _short_time(info.time)]
 
 
 def _item_columns(entry: ItemEntry) -> list[str]:
     kind = entry.kind
     if entry.shape is not None:
         kind += f" {'x'.join(map(str, entry.shape))} {_dtype_name(entry.dtype)}".rstrip()
+    if entry.labels:
+        kind += f" + labels {', '.join(entry.labels)}"
     return [entry.name, "", kind, format_bytes(entry.bytes), ""]
 
 
@@ -174,9 +192,17 @@ class CacheTreeBrowser(QWidget):
         self.tree.setHeaderLabels(COLUMNS)
         self.tree.setExpandsOnDoubleClick(False)
         self.tree.setUniformRowHeights(True)
-        self.tree.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header = self.tree.header()
+        header.setStretchLastSection(False)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Interactive)  # fit_columns
+        header.setSectionResizeMode(KIND, QHeaderView.ResizeMode.Stretch)  # elided when narrow
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
         self.tree.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-        self.setMinimumWidth(460)
+        self.tree.installEventFilter(self)
+        self.setMinimumWidth(500)
+        self.tree.setSelectionMode(QTreeWidget.SelectionMode.ExtendedSelection)
+        self.tree.itemSelectionChanged.connect(self._selection_rows_changed)
         self.tree.itemExpanded.connect(self._expanded)
         self.tree.itemDoubleClicked.connect(lambda row, _column: self.open_row(row))
         self.tree.currentItemChanged.connect(self._current_changed)
@@ -184,6 +210,13 @@ class CacheTreeBrowser(QWidget):
         self.open_button = QPushButton("Open")
         self.open_button.setToolTip("show the selected node, item or part (or double-click it)")
         self.open_button.clicked.connect(self.open_selected)
+        self.compare_button = QPushButton("Compare")
+        self.compare_button.setToolTip(
+            "select two nodes (Ctrl+click) to see their parameters side by side and the "
+            "differences of their images"
+        )
+        self.compare_button.setEnabled(False)
+        self.compare_button.clicked.connect(self.compare_selected)
         self.status_label = QLabel("no cache tree loaded")
         self.status_label.setWordWrap(True)
 
@@ -191,6 +224,11 @@ class CacheTreeBrowser(QWidget):
         self.text_pane.setReadOnly(True)
         self.text_pane.setLineWrapMode(QPlainTextEdit.LineWrapMode.NoWrap)
         self.text_pane.setPlaceholderText("details, logs and JSON of the selected row")
+        self.text_pane.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.plot_pane = PlotPane()
+        self.lower_pane = QStackedWidget()
+        self.lower_pane.addWidget(self.text_pane)
+        self.lower_pane.addWidget(self.plot_pane)
 
         layout = QVBoxLayout(self)
         row1 = QHBoxLayout()
@@ -204,10 +242,11 @@ class CacheTreeBrowser(QWidget):
         row2.addWidget(self.interval_box)
         row3 = QHBoxLayout()
         row3.addWidget(self.open_button)
+        row3.addWidget(self.compare_button)
         row3.addWidget(self.status_label, 1)
         splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.tree)
-        splitter.addWidget(self.text_pane)
+        splitter.addWidget(self.lower_pane)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
         layout.addLayout(row1)
@@ -215,6 +254,7 @@ class CacheTreeBrowser(QWidget):
         layout.addWidget(splitter, 1)
         layout.addLayout(row3)
 
+        arrange_when_docked(self, BROWSER)
         self.selection.tree_changed.connect(self._tree_changed)
         self.viewer.layers.events.inserted.connect(self._layer_inserted)
         listeners = (self.selection, self._tree_changed, self.viewer, self._layer_inserted)
@@ -385,6 +425,7 @@ class CacheTreeBrowser(QWidget):
             columns = ["parts", "", "", "", ""]
         for column, text in enumerate(columns):
             row.setText(column, text)
+        row.setToolTip(KIND, columns[KIND])
         if data.kind == "node" and (self.selection.root, self.selection.path) == (
             self.root,
             data.path,
@@ -418,6 +459,18 @@ class CacheTreeBrowser(QWidget):
             QTreeWidgetItem.ChildIndicatorPolicy.DontShowIndicatorWhenChildless
         )
         self._apply_filter()
+        self.fit_columns()
+
+    def fit_columns(self) -> None:
+        """Name as wide as its longest name up to :data:`NAME_SHARE` of the width; Kind
+        takes what is left (shortened with "…"); Status, Size and Time fit their content."""
+        wanted = self.tree.sizeHintForColumn(NAME) + self.tree.indentation()
+        room = int(self.tree.viewport().width() * NAME_SHARE)
+        self.tree.header().resizeSection(NAME, max(min(wanted, room), 80))
+
+    def resizeEvent(self, event: Any) -> None:  # Qt's name
+        super().resizeEvent(event)
+        self.fit_columns()
 
     def _sync_children(self, row: QTreeWidgetItem, wanted: list[Row]) -> None:
         """Make ``row``'s children match ``wanted``: update, add and remove, keep expansion."""
@@ -501,15 +554,23 @@ class CacheTreeBrowser(QWidget):
         node_row = self._rows.get(data.path)
         info = node_row.data(NAME, ROLE).info if node_row is not None else None
         self.selection.select(self.root, data.path, info)
-        self.text_pane.setPlainText(self._details(data))
+        self.show_text(self._details(data))
+
+    def _parent_info(self, path: str) -> NodeInfo | None:
+        """The listed state of the parent of the node at ``path`` (None for the root)."""
+        if not path:
+            return None
+        row = self._rows.get(posixpath.dirname(path))
+        return row.data(NAME, ROLE).info if row is not None else None
 
     def _details(self, data: Row) -> str:
         if data.kind == "node":
             info = data.info
             lines = [
                 f"node:      {info.path or '/'}",
-                f"url:       {info.url}",
                 f"status:    {info.state}",
+                *stale_explanation(info, self._parent_info(info.path)),
+                f"url:       {info.url}",
                 f"kind:      {info.kind}",
                 f"size:      {format_bytes(info.bytes)}",
                 f"time:      {info.time or '-'}",
@@ -544,6 +605,18 @@ class CacheTreeBrowser(QWidget):
         )
 
     # -- opening --------------------------------------------------------------------------
+    def eventFilter(self, watched: Any, event: Any) -> bool:  # Qt's name
+        """Enter, Return and Space on the tree open the current row."""
+        if (
+            watched is self.tree
+            and event.type() == QEvent.Type.KeyPress
+            and event.key() in OPEN_KEYS
+            and self.tree.currentItem() is not None
+        ):
+            self.open_selected()
+            return True
+        return super().eventFilter(watched, event)
+
     def open_selected(self) -> None:
         """Open the current row (as double-clicking it does)."""
         row = self.tree.currentItem()
@@ -561,24 +634,71 @@ class CacheTreeBrowser(QWidget):
         node = Node(location, root=root)
         label = data.entry.name if data.entry else (data.part.name if data.part else data.path)
         self.status_label.setText(f"opening {label or '/'} …")
+        callbacks = {"on_return": self._opened, "on_error": partial(self._open_failed, label)}
         if data.kind == "node":
-            run_in_thread(self, open_node, node, root, on_return=self._opened)
+            run_in_thread(self, open_node, node, root, **callbacks)
         elif data.kind == "item":
-            run_in_thread(self, open_item, node, root, data.entry, on_return=self._opened)
+            run_in_thread(self, open_item, node, root, data.entry, **callbacks)
         else:
-            run_in_thread(self, open_part, node, root, data.part, on_return=self._opened)
+            run_in_thread(self, open_part, node, root, data.part, **callbacks)
+
+    # -- comparing ------------------------------------------------------------------------
+    def selected_nodes(self) -> list[str]:
+        """Paths of the node rows selected (Ctrl+click adds one)."""
+        rows = [row.data(NAME, ROLE) for row in self.tree.selectedItems()]
+        return [data.path for data in rows if data.kind == "node"]
+
+    def _selection_rows_changed(self) -> None:
+        self.compare_button.setEnabled(len(self.selected_nodes()) == 2)
+
+    def compare_selected(self) -> None:
+        """Compare the two selected nodes: parameters side by side, lazy image differences."""
+        paths = self.selected_nodes()
+        if self.root is None or len(paths) != 2:
+            return
+        label = " and ".join(p or "/" for p in paths)
+        self.status_label.setText(f"comparing {label} …")
+        run_in_thread(
+            self,
+            compare_nodes,
+            self.root,
+            *paths,
+            on_return=self._opened,
+            on_error=partial(self._open_failed, label),
+        )
+
+    def _open_failed(self, label: str, exc: BaseException) -> None:
+        message = f"cannot open {label or '/'}: {exc}"
+        self.status_label.setText(message)
+        show_error(message)
+
+    def show_text(self, text: str) -> None:
+        """Show ``text`` in the pane below the tree."""
+        self.text_pane.setPlainText(text)
+        self.lower_pane.setCurrentWidget(self.text_pane)
 
     def _opened(self, opened: Opened) -> None:
         if opened.text is not None:
-            self.text_pane.setPlainText(opened.text)
+            self.show_text(opened.text)
+        if opened.plot is not None:
+            try:
+                self.plot_pane.show_plot(*opened.plot)
+            except CacheTreeError as exc:
+                opened.problems.append(str(exc))
+            else:
+                self.lower_pane.setCurrentWidget(self.plot_pane)
         layers = add_layers(self.viewer, opened.layers)
         for problem in opened.problems:
             show_warning(f"cannot show {problem}")
-        if opened.text is None and not layers and not opened.problems:
+        shown_below = opened.text is not None or opened.plot is not None
+        if not shown_below and not layers and not opened.problems:
             show_info("nothing to show as layers here: open the node's items one by one")
-        self.status_label.setText(
-            f"{len(layers)} layer(s) shown" if opened.text is None else "text shown below"
-        )
+        if opened.plot is not None:
+            self.status_label.setText("plot shown below")
+        elif opened.text is not None:
+            self.status_label.setText("text shown below")
+        else:
+            self.status_label.setText(f"{len(layers)} layer(s) shown")
 
 
 def _disconnect(selection: Any, tree_changed: Any, viewer: Any, inserted: Any, *_: Any) -> None:

@@ -16,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import dask.array as da
 import numpy as np
 
 from cachetree.errors import CacheTreeError, NodeNotFoundError
@@ -25,21 +26,23 @@ from cachetree.tree.layout import MANIFEST, PARTS
 from cachetree.tree.node import Node
 from cachetree.tree.parts import PartInfo, list_parts
 
+from . import _display as display
 from ._listing import ItemEntry, find_tree_root, node_items
 
 LayerData = tuple[Any, dict[str, Any], str]
 
 LAYER_KINDS = frozenset({"image", "labels"})
 """Item kinds a node shows as layers when the node itself is opened, besides the heads of a
-canvas in progress (plots, arrays and parts open one at a time: a plot has no place in the
-image's coordinates). A finalised canvas' heads are images of its node."""
+canvas in progress (arrays and parts open one at a time; plots open in the browser's plot
+pane: a plot has no place in the image's coordinates). A finalised canvas' heads are images
+of its node."""
 TEXT_KINDS = frozenset({"log", "json"})
 """Item kinds shown as text."""
 MAX_TEXT = 1_000_000
 """Characters of a log shown at most (its end, where the latest lines are)."""
 MAX_NODE_LAYERS = 12
 """Layers opened at most for a node without images of its own (a root or a group)."""
-_PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
+PLOT_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg")
 _COLOUR_NAMES = frozenset({"red", "green", "blue", "cyan", "magenta", "yellow", "gray"})
 
 
@@ -49,6 +52,9 @@ class Opened:
 
     layers: list[LayerData] = field(default_factory=list)
     text: str | None = None
+    plot: tuple[bytes, str] | None = None
+    """An encoded plot and its suffix (``.png``, ``.svg``, ...): shown in a pane, never as a
+    layer over the data."""
     problems: list[str] = field(default_factory=list)
 
 
@@ -77,8 +83,10 @@ def _origin(root: Location, node: Location, item: str | None) -> dict[str, Any]:
 def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> LayerData:
     """An OME-Zarr image or labels pyramid as one lazy (multiscale) layer.
 
-    Scale, translation, contrast limits, channel names and colours come from the metadata;
-    a ``c`` axis becomes napari's ``channel_axis`` (one layer per channel).
+    Scale, translation, contrast limits, channel names and colours come from the metadata.
+    An RGB(A) ``uint8`` image (channels named red, green, blue[, alpha]) is one RGB layer in
+    its true colours; any other ``c`` axis becomes napari's ``channel_axis`` (one layer per
+    channel).
     """
     info = ngff.read_image(location)
     pyramid = ngff.open_image(location)
@@ -93,20 +101,66 @@ def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> L
     if info.labels:
         kwargs.update(scale=scale, translate=translate, axis_labels=axes)
         return data, kwargs, "labels"
+    if "c" in axes and ngff.is_rgb(info.channel_names, info.dtype):
+        c = axes.index("c")
+        del axes[c], scale[c], translate[c]
+        levels = [da.moveaxis(level, c, -1) for level in pyramid]
+        kwargs.update(rgb=True, contrast_limits=[0, 255])
+        kwargs.update(scale=scale, translate=translate, axis_labels=axes)
+        return levels if len(levels) > 1 else levels[0], kwargs, "image"
     if "c" in axes:
         c = axes.index("c")
         del axes[c], scale[c], translate[c]
         names = info.channel_names or tuple(f"channel_{i}" for i in range(info.shape[c]))
-        kwargs.update(
-            channel_axis=c,
-            name=[f"{name} [{n}]" for n in names],
-            colormap=_channel_colours(location, names),
-        )
+        kwargs.update(channel_axis=c, name=[f"{name} [{n}]" for n in names])
+        kwargs = display.overlay(kwargs, _channel_colours(location, names))
+    elif _is_derived(info):
+        kwargs = display.overlay(kwargs)
     kwargs.update(scale=scale, translate=translate, axis_labels=axes)
     if info.contrast_limits is not None:
         limits = info.contrast_limits
-        kwargs["contrast_limits"] = [list(w) for w in limits] if "c" in info.axes else list(limits)
+        if np.dtype(info.dtype).kind == "f" and info.value_range is not None:
+            limits = info.value_range  # floats within 0..1 are shown as probabilities
+            window = display.probability_window
+        else:
+            window = _as_list
+        multi = "c" in info.axes
+        kwargs["contrast_limits"] = [window(*w) for w in limits] if multi else window(*limits)
     return data, kwargs, "image"
+
+
+def _as_list(low: float, high: float) -> list[float]:
+    return [low, high]
+
+
+def _is_derived(info: ngff.ImageInfo) -> bool:
+    """Whether a single-channel image is a probability map or a heatmap, not a picture.
+
+    Probability maps are floats within 0..1; heatmaps are coarser than a pixel (a y or x
+    scale above 1, e.g. counts per region).
+    """
+    spatial = [s for a, s in zip(info.axes, info.scale, strict=True) if a in "yx"]
+    if any(s > 1 for s in spatial):
+        return True
+    values = info.value_range
+    return (
+        np.dtype(info.dtype).kind == "f"
+        and isinstance(values, tuple)
+        and values[0] >= 0
+        and values[1] <= 1 + 1e-6
+    )
+
+
+def image_and_labels(location: Location, name: str, metadata: dict[str, Any]) -> list[LayerData]:
+    """An OME-Zarr image followed by the labels stored under it (``labels/<name>``), visible.
+
+    The labels of image ``node:image`` are named ``node:image/<labels name>``.
+    """
+    layers = [ome_zarr_layer(location, name, metadata)]
+    for labels in ngff.label_names(location):
+        where = location.join(ngff.LABELS_GROUP, labels)
+        layers.append(ome_zarr_layer(where, f"{name}/{labels}", metadata))
+    return layers
 
 
 def _channel_colours(location: Location, names: tuple[str, ...]) -> list[str]:
@@ -126,44 +180,6 @@ def _channel_colours(location: Location, names: tuple[str, ...]) -> list[str]:
 def _cycle_colours(count: int) -> list[str]:
     defaults = ("magenta", "green", "cyan", "yellow", "red", "blue")
     return [defaults[i % len(defaults)] for i in range(count)]
-
-
-def plot_layer(encoded: bytes, name: str, metadata: dict[str, Any], suffix: str) -> LayerData:
-    """A PNG/JPEG (or, with Qt's SVG module, SVG) plot as an RGB(A) image layer."""
-    if suffix == ".svg":
-        pixels = _render_svg(encoded)
-    else:
-        import imageio.v3 as iio
-
-        pixels = iio.imread(encoded)
-    if pixels.ndim == 2:
-        return pixels, {"name": name, "metadata": metadata}, "image"
-    return pixels, {"name": name, "metadata": metadata, "rgb": True}, "image"
-
-
-def _render_svg(encoded: bytes) -> np.ndarray:
-    """Rasterise an SVG with Qt (RGBA, at its natural size)."""
-    from qtpy.QtCore import QByteArray
-    from qtpy.QtGui import QImage, QPainter
-
-    try:
-        from qtpy.QtSvg import QSvgRenderer
-    except ImportError as exc:  # pragma: no cover - QtSvg ships with PyQt6 and PySide6
-        raise CacheTreeError("showing SVG plots needs Qt's SVG module (QtSvg)") from exc
-    renderer = QSvgRenderer(QByteArray(encoded))
-    size = renderer.defaultSize()
-    if not renderer.isValid() or size.isEmpty():
-        raise CacheTreeError("the SVG plot cannot be read")
-    image = QImage(size, QImage.Format.Format_RGBA8888)
-    image.fill(0)
-    painter = QPainter(image)
-    renderer.render(painter)
-    painter.end()
-    buffer = image.constBits()
-    if hasattr(buffer, "setsize"):  # PyQt hands out a sized-less pointer
-        buffer.setsize(image.sizeInBytes())
-    rows = np.frombuffer(buffer, np.uint8).reshape(size.height(), image.bytesPerLine())
-    return rows[:, : size.width() * 4].reshape(size.height(), size.width(), 4).copy()
 
 
 def array_layer(data: Any, name: str, metadata: dict[str, Any]) -> LayerData:
@@ -213,11 +229,10 @@ def canvas_layers(node: Node, root: Location) -> list[LayerData]:
         }
         limits = _checkpoint_limits(newest, head)
         if level0.ndim == 3:
-            kwargs.update(
-                channel_axis=0,
-                name=[f"{name} [{i}]" for i in range(level0.shape[0])],
-                colormap=_cycle_colours(level0.shape[0]),
-            )
+            kwargs.update(channel_axis=0, name=[f"{name} [{i}]" for i in range(level0.shape[0])])
+            kwargs = display.overlay(kwargs, _cycle_colours(level0.shape[0]))
+        else:
+            kwargs = display.overlay(kwargs)
         if limits is not None:
             kwargs["contrast_limits"] = limits if level0.ndim == 3 else limits[0]
         layers.append((pyramid if len(pyramid) > 1 else level0, kwargs, "image"))
@@ -231,15 +246,15 @@ def _checkpoint_limits(checkpoint: PartInfo | None, head: str) -> list[list[floa
     low, high = np.asarray(checkpoint.read(f"stats/{head}"), np.float64)
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         return None
-    pairs = zip(low, high, strict=True)
-    return [[float(lo), float(hi) if hi > lo else float(lo) + 1] for lo, hi in pairs]
+    return [display.probability_window(lo, hi) for lo, hi in zip(low, high, strict=True)]
 
 
 def spill_part_layers(part: PartInfo, label: str, metadata: dict[str, Any]) -> list[LayerData]:
     """What one canvas spill part holds: each head's sum / weight over its tiles, and weight.
 
     The arrays of the part's tiles are placed in their bounding box (translated to where
-    they sit on the canvas); pixels the part does not cover are NaN (not drawn). The weight
+    they sit on the canvas); pixels the part does not cover are NaN (not drawn). The heads
+    use the spill colormap, so the part stands out from the canvas under it; the weight
     layer comes first, hidden.
     """
     tiles = part.meta.get("tiles") or []
@@ -265,7 +280,11 @@ def spill_part_layers(part: PartInfo, label: str, metadata: dict[str, Any]) -> l
     for head, total in sums.items():
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = total / weight
-        kwargs: dict[str, Any] = {"translate": (top, left), "metadata": metadata}
+        kwargs = display.spill({"translate": (top, left), "metadata": metadata})
+        finite = mean[np.isfinite(mean)]
+        if finite.size:
+            window = display.probability_window(float(finite.min()), float(finite.max()))
+            kwargs["contrast_limits"] = window
         if len(mean) > 1:
             kwargs.update(channel_axis=0, name=[f"{base}/{head} [{i}]" for i in range(len(mean))])
             layers.append((mean, kwargs, "image"))
@@ -303,12 +322,7 @@ def item_layers(node: Node, root: Location, entry: ItemEntry) -> list[LayerData]
     name = layer_name(label, entry.name)
     metadata = _origin(root, node.location, entry.name)
     if entry.kind in ("image", "labels"):
-        return [ome_zarr_layer(node.item(entry.name), name, metadata)]
-    if entry.kind == "plot":
-        suffix = posixpath.splitext(entry.name)[1].lower()
-        if suffix not in _PLOT_SUFFIXES:
-            raise CacheTreeError(f"{entry.name}: only PNG, JPEG and SVG plots can be shown")
-        return [plot_layer(node.load_bytes(entry.name), name, metadata, suffix)]
+        return image_and_labels(node.item(entry.name), name, metadata)
     if entry.kind == "array":
         if entry.name.endswith(".npy"):
             data = _load_npy(node.item(entry.name))
@@ -359,9 +373,16 @@ def open_item(node: Node, root: Location, entry: ItemEntry) -> Opened:
     """What opening one item shows: text for logs and JSON, layers for everything else."""
     if entry.kind in TEXT_KINDS:
         return Opened(text=item_text(node, entry))
+    if entry.kind == "plot":
+        suffix = posixpath.splitext(entry.name)[1].lower()
+        if suffix not in PLOT_SUFFIXES:
+            raise CacheTreeError(f"{entry.name}: only PNG, JPEG and SVG plots can be shown")
+        return Opened(plot=(node.load_bytes(entry.name), suffix))
     if entry.kind == "keyed":
         return open_keyed(node, root, entry)
-    return Opened(layers=item_layers(node, root, entry))
+    layers = item_layers(node, root, entry)
+    display.distinct_overlays(layers)
+    return Opened(layers=layers)
 
 
 def open_keyed(node: Node, root: Location, entry: ItemEntry) -> Opened:
@@ -372,7 +393,6 @@ def open_keyed(node: Node, root: Location, entry: ItemEntry) -> Opened:
     :data:`MAX_NODE_LAYERS` of them.
     """
     import dask
-    import dask.array as da
 
     from cachetree.tree.keyed import KeyedStore
 
@@ -440,6 +460,7 @@ def open_node(node: Node, root: Location, *, limit: int = MAX_NODE_LAYERS) -> Op
     opened = Opened()
     _add_node_items(opened, node, root)
     if opened.layers:
+        display.distinct_overlays(opened.layers)
         return opened
     queue = deque(_in_pipeline_order(node.children()))
     first_images: str | None = None
@@ -454,6 +475,7 @@ def open_node(node: Node, root: Location, *, limit: int = MAX_NODE_LAYERS) -> Op
             if child.url != first_images:  # images hide each other: only the first step's show
                 kwargs["visible"] = False
         queue.extend(_in_pipeline_order(child.children()))
+    display.distinct_overlays(opened.layers)
     return opened
 
 
@@ -505,4 +527,6 @@ def open_location(location: Location) -> Opened:
         metadata = _origin(root, parent, location.name)
     else:
         name, metadata = item_label(location.name), {"cachetree": {"url": location.url}}
-    return Opened(layers=[ome_zarr_layer(location, name, metadata)])
+    layers = image_and_labels(location, name, metadata)
+    display.distinct_overlays(layers)
+    return Opened(layers=layers)

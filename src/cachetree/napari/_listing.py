@@ -29,11 +29,13 @@ class ItemEntry:
     bytes: int | None = None
     shape: tuple[int, ...] | None = None
     dtype: str | None = None
+    labels: tuple[str, ...] = ()
+    """Labels stored under an image (``<image>/labels/<name>``)."""
 
 
 @dataclass(frozen=True)
 class Listing:
-    """A node as the browser shows it once expanded.
+    """A node as the browser shows it once expanded (internal parts left out).
 
     ``info`` and ``children`` carry paths relative to the tree root, so they can be used as
     stable keys; ``info.stale`` is only meaningful on a node's row as listed by its parent.
@@ -78,6 +80,7 @@ def _entry(name: str, meta: dict[str, Any]) -> ItemEntry:
         bytes=meta.get("bytes"),
         shape=tuple(shape) if shape is not None else None,
         dtype=meta.get("dtype"),
+        labels=tuple(meta.get("labels") or ()),
     )
 
 
@@ -94,8 +97,15 @@ def list_node(root: Location, path: str) -> Listing | None:
     items: list[ItemEntry] = []
     if own.status is not Status.CORRUPT:
         items = node_items(node, own)
-    parts = tuple(list_parts(location)) if own.has_parts else ()
+    parts: tuple[PartInfo, ...] = ()
+    if own.has_parts:
+        parts = tuple(p for p in list_parts(location) if not is_internal(p.name))
     return Listing(path=path, info=own, items=tuple(items), parts=parts, children=children)
+
+
+def is_internal(name: str) -> bool:
+    """Whether a part is the library's own bookkeeping (``_combiner``, ...), not a result."""
+    return name.startswith("_")
 
 
 def _rebase(info: NodeInfo, prefix: str) -> NodeInfo:

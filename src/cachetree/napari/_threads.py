@@ -121,3 +121,25 @@ def run_task(
     worker.finished.connect(finish)
     worker._cachetree_relay = relay  # keep the relay alive as long as the worker
     return worker
+
+
+def add_in_steps(viewer: Any, layers: list[Any], then: Callable[[], None] | None = None) -> None:
+    """Add layer data tuples to ``viewer`` one per event loop turn, then call ``then``.
+
+    Adding a layer builds its controls and visuals on the GUI thread; adding a dozen in one
+    go would freeze the viewer for that long.
+    """
+    from qtpy.QtCore import QTimer
+
+    from ._layers import add_layers
+
+    pending = list(layers)
+
+    def step() -> None:
+        if pending:
+            add_layers(viewer, [pending.pop(0)])
+            QTimer.singleShot(0, step)
+        elif then is not None:
+            then()
+
+    step()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import posixpath
 from typing import Any
 
 from ..fs.location import TMP_MARK, Location
+from ..images.meta import label_names, zarr_attrs
 from .layout import LOCK, MANIFEST, PARTS
 
 __all__ = [
@@ -14,7 +14,6 @@ __all__ = [
     "classify_file",
     "is_own_entry",
     "scan_items",
-    "zarr_attrs",
 ]
 
 
@@ -32,28 +31,6 @@ _SUFFIX_KINDS = {
 }
 
 
-def _read_json(loc: Location, name: str) -> dict[str, Any] | None:
-    try:
-        return json.loads(loc.fs.cat_file(posixpath.join(loc.path, name)))
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return None
-
-
-def zarr_attrs(loc: Location) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
-    """Zarr node type (``"array"``, ``"group"`` or None), its attributes and array metadata."""
-    meta = _read_json(loc, "zarr.json")
-    if meta is not None:  # zarr format 3
-        attrs = meta.get("attributes", {})
-        return meta.get("node_type"), attrs, meta if meta.get("node_type") == "array" else None
-    attrs = _read_json(loc, ".zattrs") or {}
-    array = _read_json(loc, ".zarray")
-    if array is not None:
-        return "array", attrs, array
-    if _read_json(loc, ".zgroup") is not None:
-        return "group", attrs, None
-    return None, {}, None
-
-
 def classify_dir(loc: Location) -> dict[str, Any]:
     """Kind and array summary of a directory item (reads only small metadata files)."""
     node_type, attrs, array = zarr_attrs(loc)
@@ -68,6 +45,9 @@ def classify_dir(loc: Location) -> dict[str, Any]:
         if level0:
             info.update(shape=list(level0["shape"]), dtype=str(level0.get("dtype", "")))
         info["levels"] = len(attrs["multiscales"][0]["datasets"])
+        labels = label_names(loc)
+        if labels and info["kind"] == "image":
+            info["labels"] = labels
         return info
     if node_type == "array" and array is not None:
         dtype = array.get("data_type", array.get("dtype"))

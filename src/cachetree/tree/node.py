@@ -66,6 +66,10 @@ class OpenMode(StrEnum):
     """Committed but stale (or corrupt): discarded and reopened for writing."""
 
 
+def _fingerprint_of(manifest: Manifest | None) -> str | None:
+    return None if manifest is None else manifest.fingerprint
+
+
 def _fingerprint_at(loc: Location) -> str | None:
     """Fingerprint recorded in the manifest at ``loc`` (None when missing or corrupt)."""
     try:
@@ -248,19 +252,19 @@ class Node:
         LockHeldError
             If another live process is writing the node.
         """
-        parent_fp = self._ensure_ancestors()
-        if self._reuse(self._previous_manifest(), parent_fp):
+        parent = self._ensure_ancestors()
+        if self._reuse(self._previous_manifest(), _fingerprint_of(parent)):
             return self
         acquire_lock(self.location)
         try:
             # Under the lock, look again: another process may have committed the node, or a
             # clean may have removed an empty ancestor, since the first look.
-            parent_fp = self._ensure_ancestors()
+            parent = self._ensure_ancestors()
             previous = self._previous_manifest()
-            if self._reuse(previous, parent_fp):
+            if self._reuse(previous, _fingerprint_of(parent)):
                 release_lock(self.location)
                 return self
-            self._begin_writing(previous, parent_fp)
+            self._begin_writing(previous, parent)
         except BaseException:
             release_lock(self.location)
             raise
@@ -297,7 +301,8 @@ class Node:
         log.warning("%s; recomputing it", message)
         return False
 
-    def _begin_writing(self, previous: Manifest | None, parent_fp: str | None) -> None:
+    def _begin_writing(self, previous: Manifest | None, parent: Manifest | None) -> None:
+        parent_fp = _fingerprint_of(parent)
         fingerprint_now = self._fingerprint_with(parent_fp)
         keep_parts = (
             previous is not None
@@ -317,39 +322,40 @@ class Node:
             params=self._params_json,
             parent_fingerprint=parent_fp,
             kind=self.kind,
+            # the parent's params now, so that a stale node can later tell which change
+            # made it stale
+            meta={} if parent is None else {"parent_params": parent.params},
         )
         write_manifest(self.location, manifest)
         self._writing = True
 
-    def _ensure_ancestors(self) -> str | None:
+    def _ensure_ancestors(self) -> Manifest | None:
         """Create missing ancestor nodes (up to the root) as open group nodes.
 
-        Returns the parent's fingerprint (None for a root or a corrupt parent): the one
-        manifest read this needs anyway is the one :meth:`open` needs.
+        Returns the parent's manifest (None for a root or a corrupt parent): the one manifest
+        read this needs anyway is the one :meth:`open` needs.
         """
         missing: list[Location] = []
-        found_fp: str | None = None
+        parent: Manifest | None = None
         loc = self._parent_location()
         while loc is not None:
             try:
-                found_fp = read_manifest(loc).fingerprint
+                parent = read_manifest(loc)
                 break
             except NodeNotFoundError:
                 missing.append(loc)
             except CorruptManifestError:
                 break
             loc = None if loc == self.root else loc.parent
-        parent_fp = found_fp
         for ancestor in reversed(missing):
             ancestor.makedirs()
-            own_fp = fingerprint(None, parent_fp)
-            write_manifest(
-                ancestor,
-                Manifest(fingerprint=own_fp, parent_fingerprint=parent_fp, kind="group"),
+            parent_fp = _fingerprint_of(parent)
+            parent = Manifest(
+                fingerprint=fingerprint(None, parent_fp), parent_fingerprint=parent_fp, kind="group"
             )
-            parent_fp = own_fp
+            write_manifest(ancestor, parent)
         self.location.makedirs()
-        return parent_fp
+        return parent
 
     def _discard_own_files(self, *, keep_parts: bool) -> None:
         children = set(self.child_names())
@@ -557,10 +563,29 @@ class Node:
             return write_image(target, data, axes=axes, name=name, **kwargs)
 
     def save_labels(
-        self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
+        self,
+        name: str,
+        data: Any,
+        axes: str | Sequence[str] | None = None,
+        *,
+        image: str | None = None,
+        **kwargs: Any,
     ) -> ImageInfo:
-        """Save an integer label image as an OME-Zarr labels pyramid ``name.ome.zarr``."""
-        return self.save_image(name, data, axes=axes, labels=True, **kwargs)
+        """Save an integer label image as an OME-Zarr labels pyramid.
+
+        With ``image`` (an image item of this node, saved first) the labels are stored under
+        it, ``<image>.ome.zarr/labels/<name>``, where OME-Zarr viewers find them; otherwise
+        as a labels item ``name.ome.zarr`` of their own.
+        """
+        if image is None:
+            return self.save_image(name, data, axes=axes, labels=True, **kwargs)
+        from ..images.ngff import write_labels
+
+        self._check_writable()
+        validate_name(name, what="labels name")
+        target = self.item(_suffixed(image, ".ome.zarr"))
+        with storage_errors(target):
+            return write_labels(target, name, data, axes=axes, **kwargs)
 
     def save_array(self, name: str, data: Any, *, chunks: Any = "auto") -> None:
         """Save a numpy or dask array as a plain Zarr array ``name.zarr``."""
@@ -649,10 +674,16 @@ class Node:
                 return self.item(candidate)
         raise ItemNotFoundError(f"node {self.url} has no item {name!r}; it has {self.item_names()}")
 
-    def open_image(self, name: str) -> list[Any]:
-        """The lazy (dask) pyramid of image or labels ``name``, full resolution first."""
-        from ..images.ngff import open_image
+    def open_image(self, name: str, *, image: str | None = None) -> list[Any]:
+        """The lazy (dask) pyramid of image or labels ``name``, full resolution first.
 
+        ``image`` names the image that labels ``name`` were saved under, if any.
+        """
+        from ..images.ngff import LABELS_GROUP, open_image
+
+        if image is not None:
+            found = self._find(image, (".ome.zarr", ""))
+            return open_image(found.join(LABELS_GROUP, name))
         return open_image(self._find(name, (".ome.zarr", "")))
 
     def open_array(self, name: str) -> Any:

@@ -1,0 +1,49 @@
+"""Zarr and OME-NGFF metadata read as small JSON files, without importing zarr.
+
+The cache tree's inventory and listings use these to tell images, labels and arrays apart
+cheaply; :mod:`cachetree.images.ngff` uses them for the labels under an image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from typing import Any
+
+from ..fs.location import Location
+
+__all__ = ["LABELS_GROUP", "label_names", "zarr_attrs"]
+
+LABELS_GROUP = "labels"
+"""Name of the group under an image that holds its label images (OME-NGFF)."""
+
+
+def _read_json(loc: Location, name: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(loc.fs.cat_file(posixpath.join(loc.path, name)))
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+
+
+def zarr_attrs(loc: Location) -> tuple[str | None, dict[str, Any], dict[str, Any] | None]:
+    """Zarr node type (``"array"``, ``"group"`` or None), its attributes and array metadata."""
+    meta = _read_json(loc, "zarr.json")
+    if meta is not None:  # zarr format 3
+        attrs = meta.get("attributes", {})
+        return meta.get("node_type"), attrs, meta if meta.get("node_type") == "array" else None
+    attrs = _read_json(loc, ".zattrs") or {}
+    array = _read_json(loc, ".zarray")
+    if array is not None:
+        return "array", attrs, array
+    if _read_json(loc, ".zgroup") is not None:
+        return "group", attrs, None
+    return None, {}, None
+
+
+def label_names(image: Location | str | os.PathLike[str]) -> list[str]:
+    """Names of the OME-NGFF labels stored under the image at ``image`` (reads one file)."""
+    _, attrs, _ = zarr_attrs(Location.from_url(image).raw_child(LABELS_GROUP))
+    attrs = attrs.get("ome", attrs)
+    names = attrs.get("labels") if isinstance(attrs, dict) else None
+    return [str(n) for n in names] if isinstance(names, list) else []

@@ -1,0 +1,115 @@
+"""Labels under the image they annotate, where OME-Zarr readers find them, leaving no trace."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cachetree import CacheTree
+
+pytestmark = pytest.mark.gui
+
+
+def _labels() -> dict[str, np.ndarray]:
+    cells = np.zeros((64, 96), np.uint16)
+    cells[8:24, 8:40] = 1
+    cells[40:60, 50:90] = 2
+    nuclei = np.zeros((64, 96), np.uint32)
+    nuclei[12:18, 12:18] = 7
+    return {"cells": cells, "nuclei": nuclei}
+
+
+@pytest.fixture
+def labelled(tmp_path) -> Path:
+    """A node with an RGB image and two labels under it; the labels' own node beside it."""
+    rgb = np.full((3, 64, 96), 200, np.uint8)
+    rgb[0, :, :48] = 30
+    tree = CacheTree(tmp_path / "tree")
+    with tree.node("segment", params={"threshold": 0.5}) as node:
+        node.save_image("slide", rgb, channel_names=["red", "green", "blue"], scale=(0.5, 0.5))
+        for name, labels in _labels().items():
+            node.save_labels(name, labels, image="slide")
+    return Path(node.location.path)
+
+
+def _level0(layer) -> np.ndarray:
+    return np.asarray(layer.data[0] if layer.multiscale else layer.data)
+
+
+def _hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_labels_are_stored_under_their_image_as_ngff_says(labelled):
+    image = labelled / "slide.ome.zarr"
+    group = json.loads((image / "labels" / ".zattrs").read_text())
+    assert group == {"labels": ["cells", "nuclei"]}
+    assert (image / "labels" / ".zgroup").is_file()
+    for name in ("cells", "nuclei"):
+        attrs = json.loads((image / "labels" / name / ".zattrs").read_text())
+        assert attrs["image-label"]["source"] == {"image": "../../"}
+        scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+        assert scale == {"type": "scale", "scale": [0.5, 0.5]}  # the image's pixel size
+    manifest = json.loads((labelled / ".cachetree.json").read_text())
+    assert manifest["items"]["slide.ome.zarr"]["labels"] == ["cells", "nuclei"]
+    node = CacheTree(labelled.parent).node("segment")
+    np.testing.assert_array_equal(node.open_image("cells", image="slide")[0], _labels()["cells"])
+
+
+def test_our_reader_shows_the_labels_over_their_image(make_napari_viewer, labelled):
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(labelled), plugin="cachetree")
+    assert [(layer.name, type(layer).__name__, layer.visible) for layer in layers] == [
+        ("segment:slide", "Image", True),
+        ("segment:slide/cells", "Labels", True),
+        ("segment:slide/nuclei", "Labels", True),
+    ]
+    for layer, (name, expected) in zip(layers[1:], _labels().items(), strict=True):
+        np.testing.assert_array_equal(_level0(layer), expected, err_msg=name)
+        np.testing.assert_array_equal(layer.scale, layers[0].scale)
+
+
+def test_napari_ome_zarr_and_ome_zarr_py_find_the_labels(make_napari_viewer, labelled):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    image = labelled / "slide.ome.zarr"
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(image), plugin="napari-ome-zarr")
+    labels = [layer for layer in layers if type(layer).__name__ == "Labels"]
+    assert len(layers) == 5 and len(labels) == 2  # 3 channels and the 2 labels
+    for layer, expected in zip(labels, _labels().values(), strict=True):
+        np.testing.assert_array_equal(_level0(layer), expected)
+        np.testing.assert_allclose(layer.scale, layers[0].scale)
+
+    nodes = list(Reader(parse_url(str(image)))())
+    found = {node.metadata["name"]: node for node in nodes if node.load(Label) is not None}
+    assert set(found) == {"cells", "nuclei"}
+    for name, expected in _labels().items():
+        np.testing.assert_array_equal(np.asarray(found[name].data[0]), expected)
+
+
+def test_opening_with_other_readers_leaves_the_tree_byte_identical(make_napari_viewer, labelled):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    root = labelled.parent
+    before = _hashes(root)
+    image = labelled / "slide.ome.zarr"
+    paths = [image, image / "labels", image / "labels" / "cells", image / "labels" / "nuclei"]
+    viewer = make_napari_viewer()
+    for path in paths:
+        shown = viewer.open(str(path), plugin="napari-ome-zarr")
+        assert shown, path
+        assert list(Reader(parse_url(str(path)))()), path
+        viewer.layers.clear()
+    assert _hashes(root) == before
+    assert not (root / "zarr.json").exists() and not (labelled / "zarr.json").exists()
