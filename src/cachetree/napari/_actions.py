@@ -23,9 +23,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from cachetree.canvas.distributed import finalize_canvas, is_distributed_canvas
 from cachetree.clean import CleanPlan, format_bytes, plan_clean
 from cachetree.combine import CombineReport, combine
-from cachetree.distributed import finalize_canvas, is_distributed_canvas
 from cachetree.lock import break_lock, read_lock
 from cachetree.manifest import Status
 from cachetree.node import Node
