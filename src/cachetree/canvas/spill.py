@@ -13,7 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,7 +100,7 @@ class SpillStore:
         spec_json: Mapping[str, Any],
         *,
         workers: int,
-        recycle: Any,
+        recycle: Callable[[list[TileBuffers]], None],
     ):
         self._loc = location
         self._prefix = prefix
