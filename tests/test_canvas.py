@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from pathlib import Path
@@ -15,12 +16,15 @@ from cachetree import CacheTree
 from cachetree.canvas import (
     CANVAS_JSON,
     Canvas,
+    CanvasSpec,
     HeadSpec,
+    WorkerCanvas,
     normalise_block,
     parse_memory_budget,
     weight_window,
 )
-from cachetree.canvas_view import canvas_state, is_canvas, open_canvas
+from cachetree.canvas.spill import read_spill_part
+from cachetree.canvas.view import canvas_state, is_canvas, open_canvas
 from cachetree.errors import (
     BoxOutOfBoundsError,
     DTypeMismatchError,
@@ -663,3 +667,54 @@ def test_resume_refuses_another_spec(tree):
         assert resumed.batches_done == 1
         resumed.finalize()
     assert (read_head(node, "a", 1)[0, :4, :4] == 1).all()
+
+
+# -- the spec, the worker canvas and spill decoding -------------------------------------------
+def test_canvas_spec_validates_without_a_canvas_and_round_trips(tree):
+    with pytest.raises(InvalidDataError, match="tile"):
+        CanvasSpec((10, 10), {"a": 1}, tile=9)
+    with pytest.raises(KeyLookupError):
+        CanvasSpec((10, 10), {"a": 1}, channel_names={"b": ["x"]})
+    with pytest.raises(ShapeMismatchError):
+        CanvasSpec((10, 10), {"a": 2}, channel_names={"a": ["x"]})
+    weights = weight_window("gaussian", (6, 6)) + 0.5
+    spec = CanvasSpec((30, 20), {"a": (2, "uint8"), "b": 1}, weights=weights, tile=8)
+    assert spec.heads == {"a": HeadSpec(2, np.uint8), "b": HeadSpec(1)}
+    assert spec.grid == (4, 3) and spec.tile_bytes == 8 * 8 * 4 + 8 * 8 * 3 * 4
+    json_form = spec.to_json()
+    assert json_form["weights"].startswith("array:6x6:") and json_form["order"] == "row-major"
+    again = CanvasSpec.from_json(json_form, weights=weights)
+    assert again.to_json() == json_form
+    with tree.node("spec") as node:  # a canvas stores the same JSON form
+        canvas = Canvas(node, (30, 20), {"a": (2, "uint8"), "b": 1}, **spec.canvas_kwargs())
+        canvas.add(
+            {"a": np.full((1, 6, 6, 2), 3, np.uint8), "b": np.ones((1, 6, 6), np.float32)},
+            [[0, 0, 6, 6]],
+        )
+        canvas.finalize()
+        stored = json.loads((Path(node.location.path) / CANVAS_JSON).read_text())
+        assert {k: stored[k] for k in json_form} == json_form
+
+
+def test_worker_canvas_spill_parts_decode_to_the_merged_values(tree):
+    spec = CanvasSpec((40, 40), {"p": 2}, tile=16)
+    patch = np.stack([np.full((10, 10), 2.0), np.full((10, 10), 4.0)], axis=-1)[np.newaxis]
+    node = tree.node("worker").open()
+    worker = WorkerCanvas(node.url, spec, part_prefix="w0", memory_budget=10**6)
+    with pytest.raises(InvalidDataError, match="worker canvas"):
+        worker.finalize()
+    worker.add(patch.astype(np.float32), [[5, 5, 15, 15]])
+    worker.add(2 * patch.astype(np.float32), [[10, 10, 20, 20]])
+    names = worker.flush_parts()
+    assert worker.finalized and names == ["w0-00000000"]
+    (part,) = [p for p in list_parts(node.location) if p.name in names]
+    contents = read_spill_part(part)
+    assert (contents.top, contents.left) == (5, 5)
+    assert contents.weight.shape == (15, 15) and contents.sums["p"].shape == (2, 15, 15)
+    with np.errstate(invalid="ignore"):
+        mean = contents.sums["p"] / contents.weight
+    np.testing.assert_allclose(mean[:, 0, 0], [2, 4])  # first patch only
+    np.testing.assert_allclose(mean[:, 7, 7], [3, 6])  # both patches overlap here
+    np.testing.assert_allclose(mean[:, 14, 14], [4, 8])  # second patch only
+    assert np.isnan(contents.weight[0, 14])  # covered by neither patch
+    node.abandon()

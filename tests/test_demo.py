@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cachetree.canvas_view import canvas_state
+from cachetree.canvas.view import canvas_state
 from cachetree.demo import DemoParams, load_sample_image, patch_boxes, patch_model, run_demo
 
 

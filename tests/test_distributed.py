@@ -25,7 +25,7 @@ import pytest
 
 from cachetree import CacheTree, OpenMode, Status
 from cachetree.canvas import SPILL_KIND, Canvas
-from cachetree.distributed import (
+from cachetree.canvas.distributed import (
     CanvasSpec,
     IncompleteRunError,
     finalize_canvas,
@@ -34,6 +34,7 @@ from cachetree.distributed import (
     merge_distributed,
     task_status,
 )
+from cachetree.cli import main as cli_main
 from cachetree.errors import IncompatibleError, InvalidDataError, KeyLookupError
 from cachetree.fs.location import Location
 from cachetree.images.ngff import open_image
@@ -349,6 +350,29 @@ def test_cli_and_napari_on_s3(client, expected, s3_root, tmp_path):
     for key in (0, 1):
         want = (sums[key] + sums[key + 2]) / (weights[key] + weights[key + 2])
         np.testing.assert_allclose(results[key], want, rtol=1e-6)
+
+
+def test_cli_status_and_partial_combine(client, tmp_path, capsys):
+    """`cachetree canvas-status` counts the tasks done; `cachetree combine` finalises only
+    a complete run, unless given --partial."""
+    tree = CacheTree(tmp_path / "tree")
+    node = tree.node("merge", params=PARAMS).open()
+    merge_distributed(
+        node, TASKS[:2], models.model, SPEC, client=client, finalize=False, progress=False
+    )
+    node.abandon()
+    remove_part({p.name: p for p in list_parts(node.location)}["canvas-task-rows-1"])
+    assert cli_main(["canvas-status", node.url]) == 0
+    out = capsys.readouterr().out
+    assert "tasks done:   1 of 2" in out and "canvas:       300x420" in out
+    assert cli_main(["-q", "combine", node.url]) == 2
+    assert "1 of 2 tasks" in capsys.readouterr().err
+    assert node.status is Status.OPEN
+    assert cli_main(["-q", "combine", node.url, "--partial"]) == 0
+    assert "finalised canvas" in capsys.readouterr().out
+    assert node.status is Status.COMMITTED
+    assert cli_main(["canvas-status", node.url]) == 0
+    assert "no distributed canvas plan" in capsys.readouterr().out
 
 
 def test_changed_canvas_discards_the_old_parts(client, expected, tmp_path, caplog):

@@ -128,18 +128,41 @@ def cmd_combine(args: argparse.Namespace) -> int:
     A canvas merged on a cluster (its spill parts written by workers) is finalised into its
     OME-Zarr heads; other nodes go through their combiner.
     """
-    from .distributed import finalize_canvas, is_distributed_canvas
+    from .canvas.distributed import finalize_canvas, is_distributed_canvas
     from .results import combine
 
     node = Node(Location.from_url(args.node))
     if node.status is Status.MISSING:
         raise CacheTreeError(f"no cache node at {args.node}")
     if is_distributed_canvas(node):
-        images = finalize_canvas(node, progress=not args.quiet)
+        images = finalize_canvas(node, partial=args.partial, progress=not args.quiet)
         print(f"finalised canvas {node.url}: heads {', '.join(sorted(images))}")
         return 0
     report = combine(node, combiner=args.combiner, store=args.store, progress=not args.quiet)
     print(report)
+    return 0
+
+
+def cmd_canvas_status(args: argparse.Namespace) -> int:
+    """Print the tasks done and the spill parts of a canvas merged on a cluster."""
+    from .canvas.distributed import run_status
+
+    run = run_status(args.node)
+    if run.canvas is None:
+        print(f"{run.url}: {run.status}, no distributed canvas plan")
+        return 0
+    canvas = run.canvas
+    heads = ", ".join(f"{n}:{h['channels']}" for n, h in canvas["heads"].items())
+    print(f"node:         {run.url} ({run.status})")
+    print(
+        f"canvas:       {canvas['shape'][0]}x{canvas['shape'][1]}, heads {heads}, "
+        f"tile {canvas['tile']}"
+    )
+    print(f"tasks done:   {run.tasks_done} of {run.tasks_total}")
+    print(
+        f"spill parts:  {run.listed_parts} listed by tasks, {run.orphan_parts} of "
+        "unfinished or failed attempts"
+    )
     return 0
 
 
@@ -260,6 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="combiner name or 'package.module:function' (default: the one set for the node)",
     )
     p.add_argument("--store", default="results", help="keyed store receiving the results")
+    p.add_argument(
+        "--partial",
+        action="store_true",
+        help="finalise a canvas merged on a cluster even if some of its tasks have no result",
+    )
+
+    p = add(
+        "canvas-status",
+        cmd_canvas_status,
+        "show the tasks done and the spill parts of a canvas merged on a cluster",
+    )
+    p.add_argument("node", help="path or URL of the node")
 
     p = add("demo", cmd_demo, "run the demo pipeline on the shipped sample data")
     p.add_argument("--out", default="cachetree-demo", help="cache tree root (default: %(default)s)")

@@ -259,7 +259,7 @@ def test_spill_left_by_a_canvas_killed_after_commit_is_cleaned(tmp_path):
     code = f"""
 import os, signal
 import numpy as np
-import cachetree.canvas as cv
+import cachetree.canvas.core as cv
 from cachetree import CacheTree
 from cachetree.canvas import Canvas
 from tests.paths import REPO, WORKERS
@@ -269,7 +269,7 @@ def die(parts_root, names):
         os.remove(os.path.join(parts_root.path, name, "part.json"))
     os.kill(os.getpid(), signal.SIGKILL)
 
-cv._remove_part_dirs = die
+cv.remove_part_dirs = die
 tree = CacheTree({str(root)!r})
 with tree.node("canvas") as node:
     canvas = Canvas(node, (256, 256), {{"p": 1}}, memory_budget=64 * 1024, tile=64,

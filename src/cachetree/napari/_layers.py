@@ -211,12 +211,12 @@ def canvas_layers(node: Node, root: Location) -> list[LayerData]:
     writer made one; otherwise napari computes them from the coarsest level.
     """
     from cachetree.canvas import CHECKPOINT_KIND
-    from cachetree.canvas_view import open_canvas
+    from cachetree.canvas.checkpoint import newest_checkpoint
+    from cachetree.canvas.view import open_canvas
 
     label = node_label(root, node.location)
     heads = open_canvas(node.location)
-    checkpoints = list_parts(node.location, kind=CHECKPOINT_KIND)
-    newest = max(checkpoints, key=lambda p: p.meta.get("seq", -1)) if checkpoints else None
+    newest = newest_checkpoint(list_parts(node.location, kind=CHECKPOINT_KIND))
     layers = []
     for head, level0 in heads.items():
         name = layer_name(label, head)
@@ -241,9 +241,12 @@ def canvas_layers(node: Node, root: Location) -> list[LayerData]:
 
 def _checkpoint_limits(checkpoint: PartInfo | None, head: str) -> list[list[float]] | None:
     """Per-channel (low, high) the writer recorded in its newest checkpoint, if usable."""
-    if checkpoint is None or f"stats/{head}" not in checkpoint.arrays:
+    from cachetree.canvas.checkpoint import checkpoint_value_range
+
+    low_high = None if checkpoint is None else checkpoint_value_range(checkpoint, head)
+    if low_high is None:
         return None
-    low, high = np.asarray(checkpoint.read(f"stats/{head}"), np.float64)
+    low, high = low_high
     if not (np.isfinite(low).all() and np.isfinite(high).all()):
         return None
     return [display.probability_window(lo, hi) for lo, hi in zip(low, high, strict=True)]
@@ -257,27 +260,13 @@ def spill_part_layers(part: PartInfo, label: str, metadata: dict[str, Any]) -> l
     use the spill colormap, so the part stands out from the canvas under it; the weight
     layer comes first, hidden.
     """
-    tiles = part.meta.get("tiles") or []
-    if not tiles:
-        raise CacheTreeError(f"spill part {part.name!r} lists no tiles")
-    top, left = min(t[2] for t in tiles), min(t[3] for t in tiles)
-    bottom, right = max(t[4] for t in tiles), max(t[5] for t in tiles)
-    heads = sorted({a.split("/")[1] for a in part.arrays if a.count("/") == 2})
-    weight = np.full((bottom - top, right - left), np.nan, np.float32)
-    sums: dict[str, np.ndarray] = {}
-    for ty, tx, y0, x0, y1, x1 in tiles:
-        box = (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
-        weight[box] = np.nan_to_num(weight[box]) + part.read(f"{ty}_{tx}/weight")
-        for head in heads:
-            tile_sum = np.moveaxis(np.asarray(part.read(f"{ty}_{tx}/{head}/sum")), -1, 0)
-            if head not in sums:
-                sums[head] = np.full((len(tile_sum), *weight.shape), np.nan, np.float32)
-            sums[head][(slice(None), *box)] = (
-                np.nan_to_num(sums[head][(slice(None), *box)]) + tile_sum
-            )
+    from cachetree.canvas.spill import read_spill_part
+
+    contents = read_spill_part(part)
+    top, left, weight = contents.top, contents.left, contents.weight
     base = f"{label}:parts/{part.name}"
     layers: list[LayerData] = []
-    for head, total in sums.items():
+    for head, total in contents.sums.items():
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = total / weight
         kwargs = display.spill({"translate": (top, left), "metadata": metadata})
@@ -430,7 +419,7 @@ def canvas_in_progress(node: Node) -> Any | None:
     Reads nothing when the node has no parts; a finalised canvas is None (its heads are
     ordinary images of the node).
     """
-    from cachetree.canvas_view import canvas_state
+    from cachetree.canvas.view import canvas_state
 
     if not node.location.raw_child(PARTS).exists():
         return None

@@ -1,0 +1,457 @@
+"""The public :class:`Canvas`: merges patch batches into a cache node and finalises it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from tqdm import tqdm
+
+from ..errors import FinalizedError, IncompatibleError, InvalidDataError
+from ..fs.location import Location, storage_errors
+from ..images.ngff import ImageInfo
+from ..tree.layout import CANVAS_JSON
+from ..tree.node import Node
+from ..tree.parts import PartInfo, list_parts, parts_location, remove_part, write_part
+from .base import CanvasBase
+from .checkpoint import checkpoint_value_range, newest_checkpoint, write_checkpoint
+from .kinds import CHECKPOINT_KIND, SPILL_KIND, STAGING, STAGING_KIND
+from .rows import RowWriter
+from .spec import CanvasSpec, HeadSpec, NanPolicy, Order, spec_differences
+from .spill import add_spilled_tile, parts_to_adopt, remove_part_dirs
+from .tiles import TileKey
+from .worker import WorkerCanvas
+
+__all__ = ["Canvas", "Role"]
+
+log = logging.getLogger("cachetree")
+
+Role = Literal["canvas", "worker"]
+"""What ``Canvas(..., role=...)`` makes: a :class:`Canvas` or a :class:`WorkerCanvas`."""
+
+
+class Canvas(CanvasBase):
+    """Accumulate overlapping multi-head patch predictions into full-size images.
+
+    Parameters
+    ----------
+    node
+        Cache node open for writing (``node.writing``); results and spill data go there.
+    shape
+        Canvas ``(height, width)`` in pixels.
+    heads
+        Head name to :class:`HeadSpec`, to ``(channels, dtype)`` or to a channel count
+        (float32). Names become item names (``<head>.ome.zarr``).
+    weights
+        Blending weights: ``"uniform"``, ``"gaussian"`` or an ``(h, w)`` array.
+    memory_budget
+        Bytes of accumulators held in RAM: an int, ``"512MiB"``, ``"25%"`` (of RAM); None
+        means min(1 GiB, 10 % of RAM). Each patch's own tiles are always held, so a budget
+        smaller than that is exceeded by that much.
+    order
+        ``"row-major"`` promises that no patch starts (clipped y0) above the smallest y0 of
+        an earlier batch; rows above that are then final and written at once. ``"any"``
+        accepts any order.
+    tile
+        Edge of the accumulator tiles and of the output chunks, in pixels.
+    nan_policy
+        ``"raise"``: NaN or infinite values raise
+        :class:`~cachetree.errors.NonFiniteValueError`.
+        ``"ignore"``: a pixel with a non-finite value in any channel of any head gets zero
+        weight for every head.
+    fill_value
+        Output where no patch contributed (must fit every head's dtype).
+    checkpoint_every
+        Call :meth:`checkpoint` after every this many batches (None: only when asked).
+    resume
+        Continue from the newest checkpoint in the node, if any (see :attr:`batches_done`);
+        otherwise start from scratch. Without it, leftovers of earlier runs are removed.
+    channel_names
+        Optional head name to channel names, stored in the OME-Zarr metadata.
+    min_size
+        The pyramid stops once the larger of height and width is at most this.
+    workers
+        Threads encoding and writing output chunks.
+    progress
+        Show progress bars in :meth:`finalize`.
+    role
+        ``"canvas"`` (default) merges and finalises. ``"worker"`` makes a
+        :class:`~cachetree.canvas.WorkerCanvas` instead (``node`` may then be a location
+        or a URL; ``resume``, ``adopt``, ``checkpoint_every`` and ``progress`` are not
+        taken).
+    part_prefix
+        Name prefix of a worker canvas' spill parts, unique per worker attempt.
+    adopt
+        Spill parts written by worker canvases of the same spec (names, or
+        :class:`~cachetree.tree.parts.PartInfo` as listed, which saves listing them again), in
+        the order their contributions are summed: :meth:`finalize` merges them in. They
+        are removed only after the node is committed.
+
+    Raises
+    ------
+    FinalizedError
+        The node is not open for writing (role ``"canvas"``).
+    InvalidDataError, ShapeMismatchError, DTypeMismatchError
+        Malformed arguments.
+    IncompatibleError
+        ``resume=True`` but the checkpoint was made with another spec, or a part to adopt
+        was written with another spec.
+    KeyLookupError
+        A part to adopt is not in the node.
+    """
+
+    role = "canvas"
+
+    def __new__(cls, *args: Any, role: Role = "canvas", **kwargs: Any) -> Any:
+        if role not in ("canvas", "worker"):
+            raise InvalidDataError(f"role must be 'canvas' or 'worker', not {role!r}")
+        if role == "canvas":
+            return super().__new__(cls)
+        return _worker_canvas(*args, **kwargs)
+
+    def __init__(
+        self,
+        node: Node | Location | str,
+        shape: tuple[int, int],
+        heads: Mapping[str, HeadSpec | tuple[int, Any] | int],
+        *,
+        weights: str | np.ndarray = "uniform",
+        memory_budget: int | str | None = None,
+        order: Order = "any",
+        tile: int = 512,
+        nan_policy: NanPolicy = "raise",
+        fill_value: float = 0.0,
+        checkpoint_every: int | None = None,
+        resume: bool = False,
+        channel_names: Mapping[str, Sequence[str]] | None = None,
+        min_size: int = 256,
+        workers: int = 2,
+        progress: bool = False,
+        role: Role = "canvas",
+        part_prefix: str | None = None,
+        adopt: Sequence[str | PartInfo] | None = None,
+    ):
+        if part_prefix is not None:
+            raise InvalidDataError("part_prefix is only for role='worker' canvases")
+        if not isinstance(node, Node):
+            raise InvalidDataError(f"node must be a cachetree Node, got {type(node).__name__}")
+        if not node.writing:
+            raise FinalizedError(
+                f"node {node.url} is not open for writing (committed, or never opened): "
+                "open it first, e.g. `with tree.node(path, params=...) as node:`, and only "
+                "build a canvas when the node is not committed yet"
+            )
+        if adopt is not None and resume:
+            raise InvalidDataError("adopt and resume cannot be combined")
+        spec = CanvasSpec(
+            shape,
+            heads,
+            weights=weights,
+            tile=tile,
+            order=order,
+            nan_policy=nan_policy,
+            fill_value=fill_value,
+            channel_names=channel_names,
+            min_size=min_size,
+        )
+        if checkpoint_every is not None and (
+            isinstance(checkpoint_every, bool)
+            or not isinstance(checkpoint_every, int)
+            or checkpoint_every < 1
+        ):
+            raise InvalidDataError(
+                f"checkpoint_every must be a positive integer or None, got {checkpoint_every!r}"
+            )
+        self.checkpoint_every = checkpoint_every
+        self.progress = progress
+        self.node = node
+        super().__init__(
+            node.location,
+            spec,
+            memory_budget=memory_budget,
+            workers=workers,
+            spill_prefix=SPILL_KIND,
+        )
+        self._parts_root = parts_location(self._loc)
+        self._staging = self._parts_root.raw_child(STAGING)
+        self._rows = RowWriter(self._staging, spec, self._pool)
+        self._checkpoint: PartInfo | None = None
+        try:
+            if adopt is not None:
+                self._adopt(adopt)
+                self._start_fresh(keep_spills=True)
+            elif not (resume and self._resume()):
+                self._start_fresh()
+        except BaseException:
+            self._shutdown()
+            raise
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Tile rows and columns."""
+        return self.spec.grid
+
+    @property
+    def rows_written(self) -> int:
+        """Canvas rows (pixels) already normalised and written to the output level 0."""
+        return min(self._rows.rows_final * self.spec.tile, self.spec.shape[0])
+
+    # -- rows -----------------------------------------------------------------------------
+    def _rows_passed(self, upto: int) -> None:
+        self._finalize_rows(min(upto, self.spec.grid[0]))
+
+    def _after_batch(self) -> None:
+        if self.checkpoint_every and self._batches_done % self.checkpoint_every == 0:
+            self.checkpoint()
+
+    def _finalize_rows(self, upto: int) -> None:
+        """Normalise and write tile rows ``rows_final .. upto - 1``."""
+        columns = self.spec.grid[1]
+        rows = range(self._rows.rows_final, upto)
+        for ty in tqdm(rows, desc="canvas rows", unit="row", disable=not self.progress):
+            futures = []
+            protect = {(ty, tx) for tx in range(columns)}
+            for tx in range(columns):
+                futures += self._finalize_tile((ty, tx), protect)
+            self._rows.end_row(ty, futures)
+        self._collect()
+
+    def _finalize_tile(self, key: TileKey, protect: set[TileKey]) -> list[Any]:
+        """Sum a tile's resident and spilled contributions, normalise it and write it."""
+        buf = self._store.resident.pop(key, None)
+        refs = self._spills.refs.pop(key, [])
+        if buf is None and not refs:
+            self._rows.empty_tile(*key)
+            return []
+        if buf is None:
+            buf = self._take_buffers(protect)
+        for ref in refs:
+            part = self._spills.part(ref.part)
+            box = add_spilled_tile(part, ref, key, self.spec.tile, buf.weight, buf.sums)
+            buf.mark(*box)
+        outputs = self._rows.normalise(buf, *key)
+        self._store.release(buf)
+        for ref in refs:
+            used_up = self._spills.consume(ref)
+            if used_up is not None:
+                self._drop_part(used_up)
+        return self._rows.write_tile(*key, outputs)
+
+    def _drop_part(self, name: str) -> None:
+        info = self._spills.forget(name)
+        if info is not None:
+            self._pool.submit(remove_part, info)
+
+    def _collect(self, *, wait: bool = False) -> None:
+        """Collect finished spills and advance the durable-row mark."""
+        self._spills.reap(wait=wait)
+        self._rows.advance(wait=wait)
+
+    def _unsynced_paths(self) -> list[str]:
+        return self._rows.take_written() + super()._unsynced_paths()
+
+    # -- checkpoint / resume --------------------------------------------------------------
+    def checkpoint(self, batches_done: int | None = None) -> None:
+        """Make the state on disk complete, so a killed run can resume from here.
+
+        Every in-memory tile is spilled, pending writes are finished and made durable, and
+        a checkpoint part records the batch count, the spill parts it covers and how many
+        rows are final. Older checkpoints and spill parts no longer needed are removed.
+
+        Parameters
+        ----------
+        batches_done
+            The caller's count of batches sent so far (default: the number of
+            :meth:`add` calls, including those before a resume).
+        """
+        with storage_errors(self._loc):
+            self._check_open()
+            if batches_done is not None:
+                if isinstance(batches_done, bool) or not isinstance(batches_done, int):
+                    raise InvalidDataError(f"batches_done must be an int, got {batches_done!r}")
+                if batches_done < 0:
+                    raise InvalidDataError(f"batches_done must be >= 0, got {batches_done}")
+                self._batches_done = batches_done
+            self._spill_all()
+            referenced = self._spills.referenced()
+            seq = self._take_seq()
+            state = {
+                "batches_done": self._batches_done,
+                "rows_final": self._rows.rows_final,
+                "frontier": self._frontier,
+                "next_seq": self._next_seq,
+            }
+            ranges = self._rows.value_ranges()
+            info = write_checkpoint(self._loc, seq, self._spec_json, state, referenced, ranges)
+            previous, self._checkpoint = self._checkpoint, info
+            self._spills.kept = set(referenced)
+            if previous is not None:
+                remove_part(previous)
+            garbage, self._spills.garbage = self._spills.garbage, []
+            for part in garbage:
+                self._drop_part(part)
+            self._drain()
+            log.debug("canvas checkpoint %s after %d batches", info.name, self._batches_done)
+
+    def flush_parts(self) -> list[str]:
+        """Not available: only a :class:`WorkerCanvas` ends with ``flush_parts()``."""
+        raise InvalidDataError(
+            "flush_parts() ends a worker canvas (role='worker'); this canvas is finalised "
+            "with finalize()"
+        )
+
+    def _canvas_parts(self) -> list[PartInfo]:
+        return list_parts(self._loc, kind=(SPILL_KIND, CHECKPOINT_KIND, STAGING_KIND))
+
+    def _start_fresh(self, *, keep_spills: bool = False) -> None:
+        if keep_spills:  # adopting spill parts: only an earlier staging and checkpoints go
+            remove_part_dirs(
+                self._parts_root,
+                [
+                    n
+                    for n in self._parts_root.ls()
+                    if n == STAGING or n.startswith(f"{CHECKPOINT_KIND}-")
+                ],
+            )
+        else:
+            for info in self._canvas_parts():
+                remove_part(info)
+        self._staging.remove()
+        write_part(
+            self._loc,
+            STAGING,
+            {"shape": np.asarray(self.spec.shape, np.int64)},
+            kind=STAGING_KIND,
+            meta={"canvas": self._spec_json},
+        )
+        self._rows.create()
+
+    def _adopt(self, parts: Sequence[str | PartInfo]) -> None:
+        """Take over spill parts of worker canvases: :meth:`finalize` sums them in."""
+        for info in parts_to_adopt(self._loc, parts, self._spec_json):
+            self._spills.register(info)
+        self._spills.kept = set(self._spills.parts)  # kept until the node is committed
+
+    def _resume(self) -> bool:
+        """Restore the newest checkpoint; False when there is none to resume from."""
+        parts = self._canvas_parts()
+        ckpt = newest_checkpoint(parts)
+        if ckpt is None or not any(p.kind == STAGING_KIND for p in parts):
+            log.info("no canvas checkpoint in %s: starting from scratch", self._loc.url)
+            return False
+        differences = spec_differences(ckpt.meta.get("canvas", {}), self._spec_json)
+        if differences:
+            raise IncompatibleError(
+                f"cannot resume the canvas in {self._loc.url}: its checkpoint was made with "
+                "another spec (start without resume=True to discard it)",
+                differences,
+            )
+        meta = ckpt.meta
+        by_name = {p.name: p for p in parts}
+        wanted = list(meta.get("spill_parts", []))
+        missing = [n for n in wanted if n not in by_name]
+        if missing:
+            log.warning(
+                "canvas checkpoint %s refers to missing spill parts %s: starting from scratch",
+                ckpt.name,
+                missing,
+            )
+            return False
+        rows_final = int(meta["rows_final"])
+        self._frontier = int(meta["frontier"])
+        self._batches_done = int(meta["batches_done"])
+        self._next_seq = int(meta["next_seq"])
+        for name in wanted:
+            self._spills.register(by_name[name], from_row=rows_final)
+        for refs in self._spills.refs.values():
+            refs.sort(key=lambda r: int(r.part.rsplit("-", 1)[1]))
+        self._spills.kept = set(wanted)
+        self._checkpoint = ckpt
+        ranges = {h: checkpoint_value_range(ckpt, h) for h in self.spec.heads}
+        self._rows.restore_value_ranges(ranges)
+        for info in parts:
+            stale_spill = info.kind == SPILL_KIND and info.name not in self._spills.parts
+            if stale_spill or (info.kind == CHECKPOINT_KIND and info.name != ckpt.name):
+                remove_part(info)
+        self._rows.reopen(rows_final)
+        log.info(
+            "resumed canvas in %s after %d batches (%d rows final, %d spill parts)",
+            self._loc.url,
+            self._batches_done,
+            self.rows_written,
+            len(self._spills.parts),
+        )
+        return True
+
+    # -- finishing ------------------------------------------------------------------------
+    def finalize(self, *, commit: bool = True) -> dict[str, ImageInfo]:
+        """Write every head as an OME-Zarr image with a pyramid and clean up.
+
+        Remaining rows are normalised (spilled contributions summed back in) and written,
+        the pyramid levels are built from level 0, the images are put in the node as
+        ``<head>.ome.zarr`` with ``canvas.json`` beside them, the node is committed (unless
+        ``commit=False``) and the spill data is removed.
+
+        Returns
+        -------
+        dict[str, ImageInfo]
+            The written image of each head.
+        """
+        with storage_errors(self._loc):
+            self._check_open()
+            self._finalize_rows(self.spec.grid[0])
+            self._spills.reap(wait=True)
+            self._drain()
+            self._store.drop_idle()  # accumulators are not needed any more
+            infos = self._rows.publish(self.node, workers=self._workers, progress=self.progress)
+            self.node.save_json(
+                CANVAS_JSON,
+                {
+                    "kind": "canvas",
+                    **self._spec_json,
+                    "images": {name: f"{name}.ome.zarr" for name in self.spec.heads},
+                    "batches": self._batches_done,
+                },
+            )
+            self._finalized = True
+            if commit:
+                self.node.commit()
+            remove_part_dirs(self._parts_root, [info.name for info in self._canvas_parts()])
+            self._staging.remove()
+            self._shutdown()
+            return infos
+
+    _finish = finalize
+
+
+def _worker_canvas(
+    node: Node | Location | str,
+    shape: tuple[int, int],
+    heads: Mapping[str, HeadSpec | tuple[int, Any] | int],
+    *,
+    part_prefix: str | None = None,
+    memory_budget: int | str | None = None,
+    workers: int = 2,
+    order: Order = "any",
+    **options: Any,
+) -> WorkerCanvas:
+    """``Canvas(..., role="worker")``: the :class:`WorkerCanvas` of those arguments."""
+    given = [options.get("adopt"), options.get("checkpoint_every")]
+    if options.get("resume") or any(v is not None for v in given):
+        raise InvalidDataError(
+            "a worker canvas only writes spill parts: resume, adopt and "
+            "checkpoint_every are for role='canvas'"
+        )
+    if part_prefix is None:
+        raise InvalidDataError(
+            "a worker canvas needs part_prefix, unique per worker attempt "
+            "(e.g. 'task-0007-3f9a2c1b')"
+        )
+    for option in ("resume", "adopt", "checkpoint_every", "progress"):
+        options.pop(option, None)
+    spec = CanvasSpec(shape, heads, order=order, **options)
+    return WorkerCanvas(
+        node, spec, part_prefix=part_prefix, memory_budget=memory_budget, workers=workers
+    )

@@ -1,0 +1,266 @@
+"""Finished tile rows: normalised and written into the output images, then published."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import math
+import os
+import shutil
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..fs.location import Location
+from ..images.ngff import ImageInfo, read_image
+from ..images.pyramid import ImageWriter, PyramidAssembler, finite_range
+from ..tree.node import Node
+from .kinds import PROGRESS
+from .pool import BoundedPool
+from .spec import CanvasSpec
+from .tiles import TileBuffers
+
+__all__ = ["RowWriter", "normalise_block"]
+
+
+def normalise_block(
+    sums: np.ndarray, weight: np.ndarray, dtype: Any, fill_value: float
+) -> np.ndarray:
+    """Weighted average of accumulated sums.
+
+    Parameters
+    ----------
+    sums
+        ``(h, w, C)`` weighted value sums.
+    weight
+        ``(h, w)`` weight sums.
+    dtype
+        Output dtype; integers are rounded and clipped to their range.
+    fill_value
+        Output where the weight is zero.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(C, h, w)`` of ``dtype``.
+    """
+    dtype = np.dtype(dtype)
+    h, w, channels = sums.shape
+    out = np.empty((channels, h, w), dtype)
+    empty = weight <= 0
+    any_empty = bool(empty.any())
+    direct = dtype == sums.dtype
+    tmp = None if direct else np.empty((h, w), sums.dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for c in range(channels):
+            target = out[c] if direct else tmp
+            np.divide(sums[..., c], weight, out=target)
+            if not direct:
+                if any_empty:
+                    target[empty] = 0
+                if dtype.kind in "iu":
+                    info = np.iinfo(dtype)
+                    np.rint(target, out=target)
+                    np.clip(target, info.min, info.max, out=target)
+                out[c] = target
+            if any_empty:
+                out[c][empty] = fill_value
+    return out
+
+
+class RowWriter:
+    """Level 0 of every head in the staging area, written tile by tile in the background.
+
+    Tracks the tile rows handed over (:attr:`rows_final`) and those whose chunks are all
+    written (:attr:`rows_durable`, recorded in ``progress.json``), each head's value range,
+    and at the end builds the pyramids and publishes the images into the node.
+    """
+
+    def __init__(self, staging: Location, spec: CanvasSpec, pool: BoundedPool):
+        self._staging = staging
+        self._spec = spec
+        self._pool = pool
+        self._images: dict[str, ImageWriter] = {}
+        self._assemblers: dict[str, PyramidAssembler] | None = None
+        self._lock = threading.Lock()
+        self._low = {n: np.full(s.channels, np.nan) for n, s in spec.heads.items()}
+        self._high = {n: np.full(s.channels, np.nan) for n, s in spec.heads.items()}
+        self._written: list[str] = []
+        self._row_futures: dict[int, list[concurrent.futures.Future[None]]] = {}
+        self.rows_final = 0
+        self.rows_durable = 0
+
+    # -- the staging images ---------------------------------------------------------------
+    def create(self) -> None:
+        """New empty images; their pyramids are built while rows are written."""
+        spec = self._spec
+        for name, head in spec.heads.items():
+            shape = spec.shape if head.channels == 1 else (head.channels, *spec.shape)
+            fill = int(spec.fill_value) if head.dtype.kind in "iu" else spec.fill_value
+            self._images[name] = ImageWriter.create(
+                self._staging.raw_child(f"{name}.ome.zarr"),
+                shape,
+                head.dtype,
+                chunk=spec.tile,
+                fill_value=fill,
+                min_size=spec.min_size,
+            )
+        self._assemblers = {name: PyramidAssembler(img) for name, img in self._images.items()}
+        self._write_progress(0)
+
+    def reopen(self, rows_final: int) -> None:
+        """The images of a killed run: rows from ``rows_final`` on are cleared."""
+        self.rows_final = self.rows_durable = rows_final
+        for name, head in self._spec.heads.items():
+            axes = "yx" if head.channels == 1 else "cyx"
+            image = ImageWriter.open(
+                self._staging.raw_child(f"{name}.ome.zarr"), axes=axes, min_size=self._spec.min_size
+            )
+            self._images[name] = image
+            # rows the killed run wrote after its checkpoint are not covered: clear them
+            level0 = image.location.raw_child("0")
+            for ty in range(rows_final, self._spec.grid[0]):
+                if head.channels == 1:
+                    level0.raw_child(str(ty)).remove()
+                else:
+                    for c in range(head.channels):
+                        level0.raw_child(str(c)).raw_child(str(ty)).remove()
+        self._write_progress(rows_final)
+
+    def _write_progress(self, rows: int) -> None:
+        self._staging.raw_child(PROGRESS).write_text(
+            json.dumps({"rows_final": rows, "tile": self._spec.tile})
+        )
+
+    # -- rows -----------------------------------------------------------------------------
+    def normalise(self, buf: TileBuffers, ty: int, tx: int) -> dict[str, np.ndarray]:
+        """``sum / weight`` per head as ``(C, th, tw)`` in the head dtype; fill where weight 0."""
+        spec, tile = self._spec, self._spec.tile
+        th, tw = min(tile, spec.shape[0] - ty * tile), min(tile, spec.shape[1] - tx * tile)
+        weight = buf.weight[:th, :tw]
+        return {
+            name: normalise_block(buf.sums[name][:th, :tw], weight, head.dtype, spec.fill_value)
+            for name, head in spec.heads.items()
+        }
+
+    def write_tile(
+        self, ty: int, tx: int, outputs: dict[str, np.ndarray]
+    ) -> list[concurrent.futures.Future[None]]:
+        """Write one normalised tile of every head in the background."""
+        return [
+            self._pool.submit(self._write_one, name, ty, tx, out) for name, out in outputs.items()
+        ]
+
+    def empty_tile(self, ty: int, tx: int) -> None:
+        """A tile no patch touched: its chunks stay unwritten (they read as the fill value)."""
+        fill = self._spec.fill_value
+        if math.isfinite(fill):
+            with self._lock:
+                for name, head in self._spec.heads.items():
+                    value = float(np.asarray(fill).astype(head.dtype))
+                    np.fmin(self._low[name], value, out=self._low[name])
+                    np.fmax(self._high[name], value, out=self._high[name])
+        if self._assemblers is not None:
+            for name, head in self._spec.heads.items():
+                for c in range(head.channels):
+                    index = (c, ty, tx) if head.channels > 1 else (ty, tx)
+                    self._assemblers[name].add(0, index, None)
+
+    def end_row(self, ty: int, futures: list[concurrent.futures.Future[None]]) -> None:
+        """Every tile of row ``ty`` was handed over; ``futures`` are its writes."""
+        self._row_futures[ty] = futures
+        self.rows_final = ty + 1
+
+    def advance(self, *, wait: bool = False) -> None:
+        """Advance the durable-row mark over rows whose chunks are all written."""
+        advanced = False
+        while self.rows_durable < self.rows_final:
+            futures = self._row_futures.get(self.rows_durable, [])
+            if wait:
+                concurrent.futures.wait(futures)
+            elif not all(f.done() for f in futures):
+                break
+            self._row_futures.pop(self.rows_durable, None)
+            self.rows_durable += 1
+            advanced = True
+        self._pool.raise_error()
+        if advanced:
+            self._write_progress(self.rows_durable)
+
+    def _write_one(self, name: str, ty: int, tx: int, out: np.ndarray) -> None:
+        """Worker thread: encode and write one tile of one head; fold in its value range."""
+        image = self._images[name]
+        channels = out.shape[0]
+        lows, highs = np.empty(channels), np.empty(channels)
+        paths = []
+        assembler = self._assemblers[name] if self._assemblers is not None else None
+        for c in range(channels):
+            index = (c, ty, tx) if len(image.axes) == 3 else (ty, tx)
+            paths.append(image.write_chunk(0, index, out[c]))
+            lows[c], highs[c] = finite_range(out[c])
+            if assembler is not None:
+                assembler.add(0, index, out[c])
+        with self._lock:
+            np.fmin(self._low[name], lows, out=self._low[name])
+            np.fmax(self._high[name], highs, out=self._high[name])
+            if image.location.is_local:
+                self._written += paths
+
+    # -- state for checkpoints ------------------------------------------------------------
+    def value_ranges(self) -> dict[str, np.ndarray]:
+        """Head name to its ``(2, C)`` running (min, max) per channel."""
+        with self._lock:
+            return {h: np.stack([self._low[h], self._high[h]]) for h in self._spec.heads}
+
+    def restore_value_ranges(self, ranges: dict[str, np.ndarray]) -> None:
+        """Continue from the ranges of :meth:`value_ranges`."""
+        for head, low_high in ranges.items():
+            low_high = np.asarray(low_high, np.float64)
+            self._low[head], self._high[head] = low_high[0].copy(), low_high[1].copy()
+
+    def take_written(self) -> list[str]:
+        """Local chunk files written since the last call."""
+        with self._lock:
+            paths, self._written = self._written, []
+        return paths
+
+    # -- the end --------------------------------------------------------------------------
+    def publish(self, node: Node, *, workers: int, progress: bool) -> dict[str, ImageInfo]:
+        """Complete the pyramids and metadata and put each image into ``node``."""
+        infos: dict[str, ImageInfo] = {}
+        for name, image in self._images.items():
+            assembler = self._assemblers[name] if self._assemblers is not None else None
+            if assembler is None or not assembler.complete():
+                # resumed run: the levels above 0 are rebuilt from level 0
+                image.build_levels(workers=workers, progress=progress)
+            with self._lock:
+                low, high = self._low[name], self._high[name]
+            image.finish(
+                low=low if len(low) > 1 else low[0],
+                high=high if len(high) > 1 else high[0],
+                name=name,
+                channel_names=self._spec.channel_names.get(name) if len(low) > 1 else None,
+            )
+        for name, image in self._images.items():
+            target = node.item(f"{name}.ome.zarr")
+            _publish(image.location, target)
+            infos[name] = read_image(target)
+        return infos
+
+
+def _publish(source: Location, target: Location) -> None:
+    """Put the finished image at ``target``, keeping ``source`` until the node is committed.
+
+    Locally the files are hard-linked (no data is copied); elsewhere they are copied.
+    """
+    target.remove()
+    if source.is_local and target.is_local:
+        try:
+            shutil.copytree(source.path, target.path, copy_function=os.link)
+            return
+        except OSError:
+            shutil.rmtree(target.path, ignore_errors=True)
+            shutil.copytree(source.path, target.path)
+            return
+    source.fs.copy(source.path, target.path, recursive=True)

@@ -1,0 +1,295 @@
+"""A lazy, normalised view of a canvas from what is on disk, for any process.
+
+:func:`open_canvas` needs only the node's location. Before :meth:`Canvas.finalize
+<cachetree.canvas.Canvas.finalize>` it combines the rows already written to the staging
+level 0 with the spilled accumulators (summed and divided on the fly, tile by tile, when
+dask asks for a chunk); afterwards it returns the finished images. Tiles still held in the
+writer's memory are not on disk and show the fill value: call ``canvas.checkpoint()`` in the
+writer to make everything visible. A canvas merged by several processes
+(:mod:`cachetree.canvas.distributed`) shows the tasks finished so far: only spill parts that a
+task marker lists count, so parts of unfinished or killed attempts never do.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from ..errors import CacheTreeError, NodeNotFoundError
+from ..fs.location import Location
+from ..images.ngff import open_image
+from ..tree.node import Node
+from ..tree.parts import PartInfo, list_parts, parts_location
+from .checkpoint import newest_checkpoint
+from .kinds import (
+    CANVAS_JSON,
+    CHECKPOINT_KIND,
+    PLAN_KIND,
+    PROGRESS,
+    SPILL_KIND,
+    STAGING,
+    STAGING_KIND,
+    TASK_KIND,
+)
+from .rows import normalise_block
+from .spec import HeadSpec
+from .spill import SpillRef, add_spilled_tile
+
+__all__ = ["CanvasState", "canvas_state", "is_canvas", "open_canvas"]
+
+log = logging.getLogger("cachetree")
+
+
+@dataclass(frozen=True)
+class CanvasState:
+    """What is on disk of a canvas.
+
+    Attributes
+    ----------
+    spec
+        The canvas spec (shape, heads, tile, weights, order, fill value, ...).
+    finalized
+        Whether the canvas was finalised (its heads are OME-Zarr images of the node).
+    rows_final
+        Tile rows whose normalised level 0 is complete in the staging area.
+    spill_parts
+        Number of spill parts on disk.
+    batches_done
+        Batches covered by the newest checkpoint (None without a checkpoint).
+    tasks_done, tasks_total
+        Of a canvas merged by several processes: tasks finished so far, and planned (None
+        otherwise, and ``tasks_total`` also when no plan was written).
+    """
+
+    spec: dict[str, Any]
+    finalized: bool
+    rows_final: int
+    spill_parts: int
+    batches_done: int | None
+    tasks_done: int | None = None
+    tasks_total: int | None = None
+
+
+def _location(source: Node | Location | str) -> Location:
+    if isinstance(source, Node):
+        return source.location
+    return Location.from_url(source)
+
+
+def _read_json(loc: Location) -> Any | None:
+    try:
+        return json.loads(loc.read_bytes())
+    except (NodeNotFoundError, OSError, ValueError):
+        return None
+
+
+def _load(loc: Location) -> tuple[dict[str, Any] | None, list[PartInfo], int]:
+    """Final canvas.json (or None), the canvas parts, and the durable tile rows.
+
+    With task markers (several merging processes), the spill parts no marker lists are
+    left out: they belong to attempts that are still running or were killed.
+    """
+    final = _read_json(loc.raw_child(CANVAS_JSON))
+    if isinstance(final, dict) and "images" in final:
+        return final, [], 0
+    loc.fs.invalidate_cache(parts_location(loc).path)  # other processes write the parts
+    kinds = (SPILL_KIND, CHECKPOINT_KIND, STAGING_KIND, TASK_KIND, PLAN_KIND)
+    parts = list_parts(loc, kind=kinds)
+    if any(p.kind in (TASK_KIND, PLAN_KIND) for p in parts):
+        listed = {n for p in parts if p.kind == TASK_KIND for n in p.meta.get("spill_parts", ())}
+        parts = [p for p in parts if p.kind != SPILL_KIND or p.name in listed]
+    progress = _read_json(parts_location(loc).raw_child(STAGING).raw_child(PROGRESS)) or {}
+    return None, parts, int(progress.get("rows_final", 0))
+
+
+def canvas_state(source: Node | Location | str) -> CanvasState:
+    """Summary of the canvas stored in a node (reads only small metadata files).
+
+    Raises
+    ------
+    NodeNotFoundError
+        The node holds no canvas.
+    """
+    loc = _location(source)
+    final, parts, rows = _load(loc)
+    if final is not None:
+        return CanvasState(final, True, -(-final["shape"][0] // final["tile"]), 0, None)
+    spec = _spec_from_parts(parts, loc)
+    newest = newest_checkpoint(parts)
+    plans = [p for p in parts if p.kind == PLAN_KIND]
+    distributed = bool(plans) or any(p.kind == TASK_KIND for p in parts)
+    return CanvasState(
+        spec,
+        False,
+        rows,
+        sum(p.kind == SPILL_KIND for p in parts),
+        None if newest is None else int(newest.meta["batches_done"]),
+        tasks_done=sum(p.kind == TASK_KIND for p in parts) if distributed else None,
+        tasks_total=len(plans[0].meta.get("tasks", ())) if plans else None,
+    )
+
+
+def is_canvas(source: Node | Location | str) -> bool:
+    """Whether the node holds a canvas, finished or in progress. Never raises."""
+    try:
+        canvas_state(source)
+        return True
+    except Exception:
+        return False
+
+
+def _spec_from_parts(parts: list[PartInfo], loc: Location) -> dict[str, Any]:
+    for kind in (STAGING_KIND, PLAN_KIND, CHECKPOINT_KIND, TASK_KIND, SPILL_KIND):
+        for part in parts:
+            if part.kind == kind and isinstance(part.meta.get("canvas"), dict):
+                return part.meta["canvas"]
+    raise NodeNotFoundError(f"{loc.url} holds no canvas (no canvas parts, no {CANVAS_JSON})")
+
+
+def open_canvas(source: Node | Location | str) -> dict[str, da.Array]:
+    """The canvas in a node as one lazy dask array per head, normalised.
+
+    Shapes are ``(C, H, W)``, or ``(H, W)`` for one-channel heads, in the head dtype,
+    chunked by canvas tile. Works while the canvas is being written (from another process,
+    e.g. a viewer) and after it was finalised.
+
+    Parameters
+    ----------
+    source
+        The node, its location or its URL.
+
+    Raises
+    ------
+    NodeNotFoundError
+        The node holds no canvas.
+    """
+    loc = _location(source)
+    final, parts, rows_final = _load(loc)
+    if final is not None:
+        return {head: open_image(loc.join(path))[0] for head, path in final["images"].items()}
+    spec = _spec_from_parts(parts, loc)
+    tile = int(spec["tile"])
+    index: dict[tuple[int, int], list[tuple[PartInfo, SpillRef]]] = {}
+    spills = sorted((p for p in parts if p.kind == SPILL_KIND), key=lambda p: p.meta.get("seq", -1))
+    for part in spills:
+        for ty, tx, y0, x0, y1, x1 in part.meta.get("tiles", []):
+            if ty >= rows_final:
+                index.setdefault((ty, tx), []).append((part, SpillRef(part.name, y0, x0, y1, x1)))
+    staging = parts_location(loc).raw_child(STAGING)
+    has_staging = any(p.kind == STAGING_KIND for p in parts)
+    token = uuid.uuid4().hex[:12]
+    views = {}
+    for head, head_spec in spec["heads"].items():
+        source_array = _HeadSource(
+            spec=spec,
+            head=head,
+            head_spec=HeadSpec(head_spec["channels"], head_spec["dtype"]),
+            index=index,
+            rows_final=rows_final if has_staging else 0,
+            staging=staging.raw_child(f"{head}.ome.zarr"),
+        )
+        chunks = (tile, tile) if source_array.ndim == 2 else (source_array.shape[0], tile, tile)
+        views[head] = da.from_array(
+            source_array,
+            chunks=chunks,
+            asarray=False,
+            fancy=False,
+            meta=np.empty((0,) * source_array.ndim, source_array.dtype),
+            name=f"canvas-view-{head}-{token}",
+        )
+    return views
+
+
+class _HeadSource:
+    """Array-like over one head: each read normalises the tiles it covers."""
+
+    def __init__(
+        self,
+        *,
+        spec: Mapping[str, Any],
+        head: str,
+        head_spec: HeadSpec,
+        index: Mapping[tuple[int, int], list[tuple[PartInfo, SpillRef]]],
+        rows_final: int,
+        staging: Location,
+    ):
+        self.head = head
+        self.channels = channels = head_spec.channels
+        self.dtype = head_spec.dtype
+        self.acc_dtype = head_spec.acc_dtype
+        self.height, self.width = (int(v) for v in spec["shape"])
+        self.tile = int(spec["tile"])
+        fill = spec.get("fill_value", 0.0)
+        self.fill = float(fill)
+        self.index = index
+        self.rows_final = rows_final
+        self.staging = staging
+        self._level0: Any = None
+        self.shape = (
+            (self.height, self.width) if channels == 1 else (channels, self.height, self.width)
+        )
+        self.ndim = len(self.shape)
+
+    def _level0_array(self) -> Any:
+        if self._level0 is None:
+            self._level0 = zarr.open_array(
+                self.staging.raw_child("0").zarr_store(read_only=True), mode="r"
+            )
+        return self._level0
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        if any(not isinstance(k, slice) or k.step not in (None, 1) for k in key):
+            raise IndexError("the canvas view supports plain slices only")
+        ys = range(self.height)[key[-2]]
+        xs = range(self.width)[key[-1]]
+        cs = range(self.channels)[key[0]] if self.ndim == 3 else range(1)
+        out = np.empty((len(cs), len(ys), len(xs)), self.dtype)
+        if len(ys) and len(xs) and len(cs):
+            T = self.tile
+            for ty in range(ys.start // T, (ys.stop - 1) // T + 1):
+                for tx in range(xs.start // T, (xs.stop - 1) // T + 1):
+                    block = self._tile(ty, tx)  # (C, th, tw)
+                    y0, y1 = max(ys.start, ty * T), min(ys.stop, (ty + 1) * T)
+                    x0, x1 = max(xs.start, tx * T), min(xs.stop, (tx + 1) * T)
+                    out[:, y0 - ys.start : y1 - ys.start, x0 - xs.start : x1 - xs.start] = block[
+                        cs.start : cs.stop, y0 - ty * T : y1 - ty * T, x0 - tx * T : x1 - tx * T
+                    ]
+        return out if self.ndim == 3 else out[0]
+
+    def _tile(self, ty: int, tx: int) -> np.ndarray:
+        T = self.tile
+        th, tw = min(T, self.height - ty * T), min(T, self.width - tx * T)
+        if ty < self.rows_final:
+            region = (slice(ty * T, ty * T + th), slice(tx * T, tx * T + tw))
+            block = np.asarray(self._level0_array()[(Ellipsis, *region)])
+            return block.reshape(self.channels, th, tw)
+        refs = self.index.get((ty, tx), [])
+        if not refs:
+            return np.full((self.channels, th, tw), self.fill, self.dtype)
+        sums = np.zeros((th, tw, self.channels), self.acc_dtype)
+        weight = np.zeros((th, tw), np.float32)
+        try:
+            for part, ref in refs:
+                add_spilled_tile(part, ref, (ty, tx), T, weight, {self.head: sums})
+        except (CacheTreeError, OSError) as exc:
+            # The writer consumed the part meanwhile (its row was written): show the row.
+            log.debug("canvas view: tile %s changed while reading (%s)", (ty, tx), exc)
+            try:
+                region = (slice(ty * T, ty * T + th), slice(tx * T, tx * T + tw))
+                block = np.asarray(self._level0_array()[(Ellipsis, *region)])
+                return block.reshape(self.channels, th, tw)
+            except Exception:
+                return np.full((self.channels, th, tw), self.fill, self.dtype)
+        fill = self.fill if math.isfinite(self.fill) or self.dtype.kind == "f" else 0
+        return normalise_block(sums, weight, self.dtype, fill)
