@@ -262,7 +262,6 @@ import numpy as np
 import cachetree.canvas.core as cv
 from cachetree import CacheTree
 from cachetree.canvas import Canvas
-from tests.paths import REPO, WORKERS
 
 def die(parts_root, names):
     for name in names[:1]:  # remove one marker, as the removal does first, then die
