@@ -256,7 +256,7 @@ class CleanWidget(_ActionWidget):
         self.entries = QTreeWidget()
         self.entries.setHeaderLabels(("Size", "Path", "Reason"))
         self.entries.setRootIsDecorated(False)
-        self.entries.setMinimumHeight(80)
+        self.entries.setMinimumHeight(140)
         self.entries.header().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.total_label = QLabel()
         self.confirm_button = QPushButton("Delete the listed entries")
