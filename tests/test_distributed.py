@@ -301,7 +301,7 @@ def test_cli_and_napari_on_s3(client, expected, s3_root, tmp_path):
     listing = json.loads(cli("cachetree.cli", "ls", root, "--json"))
     states = {row["path"]: row["state"] for row in listing}
     assert states["merge"] == "has parts"
-    status = cli("cachetree.canvas.distributed", "status", f"{root}/merge")
+    status = cli("cachetree.distributed", "status", f"{root}/merge")
     assert "tasks done:   8 of 8" in status
     assert is_distributed_canvas(f"{root}/merge")
 
