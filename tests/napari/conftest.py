@@ -141,3 +141,18 @@ def on_screen(viewer, shot: np.ndarray, y: float, x: float) -> np.ndarray:
     zoom = camera.zoom
     h, w = shot.shape[:2]
     return shot[round(h / 2 + (y - cy) * zoom), round(w / 2 + (x - cx) * zoom)]
+
+
+@pytest.fixture
+def browser(make_napari_viewer, qtbot, tree_root):
+    """The cache-tree browser docked in a viewer, showing ``tree_root``, idle."""
+    from cachetree.napari._browser import CacheTreeBrowser
+
+    viewer = make_napari_viewer()
+    widget = CacheTreeBrowser(viewer, root=str(tree_root))
+    viewer.window.add_dock_widget(widget, name="Cache tree browser")
+    qtbot.waitUntil(lambda: widget.row("segment") is not None)
+    wait_idle(qtbot, widget)
+    yield widget
+    widget.set_live(False)
+    wait_idle(qtbot, widget)

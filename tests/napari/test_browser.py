@@ -21,18 +21,6 @@ from .conftest import wait_idle
 pytestmark = pytest.mark.gui
 
 
-@pytest.fixture
-def browser(make_napari_viewer, qtbot, tree_root):
-    viewer = make_napari_viewer()
-    widget = CacheTreeBrowser(viewer, root=str(tree_root))
-    viewer.window.add_dock_widget(widget, name="Cache tree browser")
-    qtbot.waitUntil(lambda: widget.row("segment") is not None)
-    wait_idle(qtbot, widget)
-    yield widget
-    widget.set_live(False)
-    wait_idle(qtbot, widget)
-
-
 def child_names(row):
     return [row.child(i).text(NAME) for i in range(row.childCount())]
 

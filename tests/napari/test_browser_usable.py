@@ -43,16 +43,6 @@ def test_with_every_dock_open_the_tree_keeps_ten_rows_and_its_columns_fit(
     assert not tree.horizontalScrollBar().isVisible()
 
 
-@pytest.fixture
-def browser(make_napari_viewer, qtbot, tree_root):
-    viewer = make_napari_viewer()
-    widget = CacheTreeBrowser(viewer, root=str(tree_root))
-    viewer.window.add_dock_widget(widget, name="Cache tree browser")
-    qtbot.waitUntil(lambda: widget.row("segment") is not None)
-    wait_idle(qtbot, widget)
-    return widget
-
-
 @pytest.mark.parametrize("key", [Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space])
 def test_enter_and_space_open_the_current_row(qtbot, browser, key):
     browser.select("segment")
