@@ -21,7 +21,10 @@ WORKER = WORKERS / "write_node.py"
 
 
 def run_worker(root: Path, pause: float = 0.0) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    }
     return subprocess.Popen(
         [sys.executable, str(WORKER), str(root), str(pause)],
         stdout=subprocess.PIPE,

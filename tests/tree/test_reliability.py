@@ -25,7 +25,10 @@ from cachetree.tree.lock import acquire_lock, read_lock
 from tests.paths import REPO, WORKERS
 from tests.workers.churn_nodes import content, node_path
 
-ENV = {**os.environ, "PYTHONPATH": str(REPO)}
+ENV = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+}
 
 
 def _spawn(*args: str) -> subprocess.Popen:
