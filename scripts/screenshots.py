@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["CACHETREE_DEMO_DIR"] = str(demo)
 
     import napari
-    from cachetree.napari._browser import ROLE
+    from cachetree.napari._node_tree import ROLE
 
     viewer = napari.Viewer(title="napari + cachetree")
     viewer.window._qt_window.resize(1500, 940)

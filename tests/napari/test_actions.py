@@ -14,7 +14,8 @@ from qtpy.QtCore import QTimer
 
 from cachetree import CacheTree
 from cachetree.napari._actions import CleanWidget, CombineWidget, CommitWidget
-from cachetree.napari._browser import ROLE, STATUS, CacheTreeBrowser
+from cachetree.napari._browser import CacheTreeBrowser
+from cachetree.napari._node_tree import ROLE, STATUS
 from cachetree.napari._selection import selection_for
 from cachetree.results import add_part, set_combiner
 from cachetree.tree.keyed import KeyedStore

@@ -13,7 +13,8 @@ from qtpy.QtCore import QTimer
 
 from cachetree import CacheTree
 from cachetree.napari import _browser
-from cachetree.napari._browser import KIND, NAME, STATUS, CacheTreeBrowser
+from cachetree.napari._browser import CacheTreeBrowser
+from cachetree.napari._node_tree import KIND, NAME, ROLE, STATUS
 from cachetree.napari._selection import selection_for
 
 from .conftest import wait_idle
@@ -216,7 +217,7 @@ def test_a_canvas_spill_part_shows_where_it_sits_on_the_canvas(qtbot, browser):
     name = f"merge:parts/{spill.text(NAME)}"
     weight = viewer.layers[f"{name}/weight"]
     tumour = viewer.layers[f"{name}/prob [0]"]
-    meta_tiles = spill.data(NAME, _browser.ROLE).part.meta["tiles"]
+    meta_tiles = spill.data(NAME, ROLE).part.meta["tiles"]
     top, left = min(t[2] for t in meta_tiles), min(t[3] for t in meta_tiles)
     np.testing.assert_allclose(weight.translate, (top, left))
     covered = np.isfinite(tumour.data)

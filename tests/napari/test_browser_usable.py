@@ -6,7 +6,8 @@ import pytest
 from qtpy.QtCore import Qt
 
 from cachetree import CacheTree
-from cachetree.napari._browser import NAME, CacheTreeBrowser
+from cachetree.napari._browser import CacheTreeBrowser
+from cachetree.napari._node_tree import NAME
 from cachetree.napari._params import stale_explanation
 from cachetree.tree.layout import PARTS
 

@@ -7,7 +7,8 @@ import pytest
 
 from cachetree import CacheTree, Status
 from cachetree.napari._actions import CombineWidget
-from cachetree.napari._browser import ROLE, CacheTreeBrowser
+from cachetree.napari._browser import CacheTreeBrowser
+from cachetree.napari._node_tree import ROLE
 from cachetree.results import add_part, set_combiner
 
 from .conftest import wait_idle

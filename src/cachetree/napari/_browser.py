@@ -15,29 +15,23 @@ layers.
 
 from __future__ import annotations
 
-import json
-import posixpath
-from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, Qt, QTimer
-from qtpy.QtGui import QBrush, QColor, QFontDatabase
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtGui import QFontDatabase
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
     QFileDialog,
     QHBoxLayout,
-    QHeaderView,
     QLabel,
     QLineEdit,
     QPlainTextEdit,
     QPushButton,
     QSplitter,
     QStackedWidget,
-    QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
@@ -45,16 +39,15 @@ from qtpy.QtWidgets import (
 
 from cachetree.errors import CacheTreeError
 from cachetree.fs.location import Location
-from cachetree.tree.clean import format_bytes
 from cachetree.tree.node import Node
-from cachetree.tree.parts import PartInfo
 from cachetree.tree.walk import NodeInfo
 
 from ._compare import compare_nodes
+from ._details import row_details
 from ._docking import BROWSER, arrange_when_docked
 from ._layers import Opened, add_layers, open_item, open_node, open_part
-from ._listing import ItemEntry, Listing, list_node
-from ._params import stale_explanation
+from ._listing import Listing, list_node
+from ._node_tree import NodeTree, row_data
 from ._plot_pane import PlotPane
 from ._selection import selection_for
 from ._threads import busy, qt_alive, run_in_thread
@@ -62,83 +55,7 @@ from ._threads import busy, qt_alive, run_in_thread
 if TYPE_CHECKING:
     import napari
 
-COLUMNS = ("Name", "Status", "Kind", "Size", "Time")
-NAME, STATUS, KIND, SIZE, TIME = range(len(COLUMNS))
-STATE_COLOURS = {
-    "committed": "#3cb371",
-    "in progress": "#1e90ff",
-    "stale": "#ff8c00",
-    "has parts": "#ba55d3",
-    "uncommitted": "#a0a0a0",
-    "corrupt": "#ff4040",
-    "root": "#a0a0a0",
-}
-ROLE = Qt.ItemDataRole.UserRole
-NAME_SHARE = 0.45
-"""Largest share of the tree's width the Name column takes on its own (longer names are
-shortened with "…"; drag the column edge to see more)."""
-OPEN_KEYS = (Qt.Key.Key_Return, Qt.Key.Key_Enter, Qt.Key.Key_Space)
-"""Keys that open the current row, as a double-click does."""
-
-
-@dataclass(frozen=True)
-class Row:
-    """What a tree row stands for; ``path`` is always the path of the node concerned."""
-
-    kind: str  # "node", "item", "parts" or "part"
-    path: str
-    info: NodeInfo | None = None
-    entry: ItemEntry | None = None
-    part: PartInfo | None = None
-
-    @property
-    def key(self) -> tuple[str, str]:
-        """Identity of the row among its siblings."""
-        if self.kind == "node":
-            return ("node", self.path)
-        if self.kind == "item":
-            return ("item", self.entry.name)
-        if self.kind == "part":
-            return ("part", self.part.name)
-        return ("parts", "")
-
-
-def _short_time(iso: str | None) -> str:
-    """``2026-11-30T16:56:22.123+00:00`` -> ``11-30 16:56`` (the details show it in full)."""
-    return (iso or "")[5:16].replace("T", " ")
-
-
-def _node_columns(info: NodeInfo, name: str) -> list[str]:
-    kind = info.kind.removeprefix("node: ")  # say what it holds, not that it is a node
-    return [name, info.state, kind, format_bytes(info.bytes), _short_time(info.time)]
-
-
-def _item_columns(entry: ItemEntry) -> list[str]:
-    kind = entry.kind
-    if entry.shape is not None:
-        kind += f" {'x'.join(map(str, entry.shape))} {_dtype_name(entry.dtype)}".rstrip()
-    if entry.labels:
-        kind += f" + labels {', '.join(entry.labels)}"
-    return [entry.name, "", kind, format_bytes(entry.bytes), ""]
-
-
-def _dtype_name(dtype: str | None) -> str:
-    """``"<f4"`` -> ``"float32"`` (as given when numpy does not know it)."""
-    try:
-        return np.dtype(dtype).name if dtype else ""
-    except TypeError:
-        return str(dtype)
-
-
-def _part_columns(part: PartInfo) -> list[str]:
-    key = "" if part.key is None else f" {json.dumps(part.key)}"
-    return [
-        part.name,
-        "",
-        f"{part.kind}{key}",
-        format_bytes(part.nbytes),
-        _short_time(part.created),
-    ]
+__all__ = ["CacheTreeBrowser"]
 
 
 class CacheTreeBrowser(QWidget):
@@ -158,8 +75,6 @@ class CacheTreeBrowser(QWidget):
         self.viewer = napari_viewer
         self.selection = selection_for(napari_viewer)
         self.root: Location | None = None
-        self._rows: dict[str, QTreeWidgetItem] = {}
-        self._loaded: set[str] = set()
         self._pending: set[str] = set()
         self._generation = 0
 
@@ -174,7 +89,7 @@ class CacheTreeBrowser(QWidget):
         self.filter_edit = QLineEdit()
         self.filter_edit.setPlaceholderText("filter: name, status or kind")
         self.filter_edit.setClearButtonEnabled(True)
-        self.filter_edit.textChanged.connect(self._apply_filter)
+        self.filter_edit.textChanged.connect(lambda text: self.tree.set_filter(text))
         self.refresh_button = QPushButton("Refresh")
         self.refresh_button.clicked.connect(self.refresh)
         self.live_box = QCheckBox("Live")
@@ -188,20 +103,10 @@ class CacheTreeBrowser(QWidget):
         self._timer = QTimer(self)
         self._timer.timeout.connect(self._live_tick)
 
-        self.tree = QTreeWidget()
-        self.tree.setHeaderLabels(COLUMNS)
-        self.tree.setExpandsOnDoubleClick(False)
-        self.tree.setUniformRowHeights(True)
-        header = self.tree.header()
-        header.setStretchLastSection(False)
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(NAME, QHeaderView.ResizeMode.Interactive)  # fit_columns
-        header.setSectionResizeMode(KIND, QHeaderView.ResizeMode.Stretch)  # elided when narrow
-        self.tree.setTextElideMode(Qt.TextElideMode.ElideRight)
-        self.tree.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
-        self.tree.installEventFilter(self)
+        self.tree = NodeTree()
         self.setMinimumWidth(500)
-        self.tree.setSelectionMode(QTreeWidget.SelectionMode.ExtendedSelection)
+        self.tree.node_row_set.connect(self._node_row_set)
+        self.tree.open_requested.connect(self.open_selected)
         self.tree.itemSelectionChanged.connect(self._selection_rows_changed)
         self.tree.itemExpanded.connect(self._expanded)
         self.tree.itemDoubleClicked.connect(lambda row, _column: self.open_row(row))
@@ -271,9 +176,7 @@ class CacheTreeBrowser(QWidget):
         self.root_edit.setText(url)
         self._generation += 1
         generation = self._generation
-        self.tree.clear()
-        self._rows.clear()
-        self._loaded.clear()
+        self.tree.reset()
         self._pending.clear()
         self.root = None
         self.selection.select(None, None)
@@ -293,10 +196,8 @@ class CacheTreeBrowser(QWidget):
             self._failed(generation, f"{root.url} is not a cache tree (no manifest found)")
             return
         self.root = root
-        row = self._make_row(None, Row("node", "", listing.info))
-        self._apply_listing(listing)
-        row.setExpanded(True)
-        self.tree.setCurrentItem(row)
+        self.tree.root_name = root.name
+        self.tree.show_root(listing)
         self.status_label.setText(f"{root.url}")
 
     def _failed(self, generation: int, message: str) -> None:
@@ -331,7 +232,7 @@ class CacheTreeBrowser(QWidget):
         if self.root is None:
             self._load_typed_root()
             return
-        paths = sorted(self._loaded - self._pending, key=lambda p: (p.count("/"), p))
+        paths = sorted(self.tree.loaded - self._pending, key=lambda p: (p.count("/"), p))
         self._request(paths)
 
     def _request(self, paths: list[str]) -> None:
@@ -354,13 +255,15 @@ class CacheTreeBrowser(QWidget):
             return
         self._pending.discard(path)
         if listing is None:
-            self._remove_node(path)
+            if self.tree.remove_node(path):
+                self.root = None
+                self.status_label.setText("the cache tree is gone")
             return
-        self._apply_listing(listing)
+        self.tree.apply_listing(listing)
 
     def _expanded(self, row: QTreeWidgetItem) -> None:
-        data: Row = row.data(NAME, ROLE)
-        if data.kind == "node" and data.path not in self._loaded | self._pending:
+        data = row_data(row)
+        if data.kind == "node" and data.path not in self.tree.loaded | self._pending:
             self._request([data.path])
 
     @property
@@ -392,231 +295,26 @@ class CacheTreeBrowser(QWidget):
     # -- rows -----------------------------------------------------------------------------
     def row(self, path: str) -> QTreeWidgetItem | None:
         """The row of the node at ``path`` (once listed)."""
-        return self._rows.get(path)
+        return self.tree.row(path)
 
-    def _make_row(self, parent: QTreeWidgetItem | None, data: Row, index: int = -1):
-        row = QTreeWidgetItem()
-        if parent is None:
-            self.tree.addTopLevelItem(row)
-        elif index < 0:
-            parent.addChild(row)
-        else:
-            parent.insertChild(index, row)
-        self._set_row(row, data)
-        if data.kind == "node":
-            self._rows[data.path] = row
-            row.setChildIndicatorPolicy(QTreeWidgetItem.ChildIndicatorPolicy.ShowIndicator)
-        return row
-
-    def _set_row(self, row: QTreeWidgetItem, data: Row) -> None:
-        row.setData(NAME, ROLE, data)
-        if data.kind == "node":
-            name = data.path.rsplit("/", 1)[-1] if data.path else self.root.name
-            columns = _node_columns(data.info, name or "/")
-            row.setToolTip(NAME, data.info.error or data.info.url)
-            colour = STATE_COLOURS.get(data.info.state)
-            if colour:
-                row.setForeground(STATUS, QBrush(QColor(colour)))
-        elif data.kind == "item":
-            columns = _item_columns(data.entry)
-        elif data.kind == "part":
-            columns = _part_columns(data.part)
-        else:
-            columns = ["parts", "", "", "", ""]
-        for column, text in enumerate(columns):
-            row.setText(column, text)
-        row.setToolTip(KIND, columns[KIND])
-        if data.kind == "node" and (self.selection.root, self.selection.path) == (
-            self.root,
-            data.path,
-        ):  # keep the action widgets up to date with the selected node's state
-            self.selection.select(self.root, data.path, data.info)
-
-    def _apply_listing(self, listing: Listing) -> None:
-        row = self._rows.get(listing.path)
-        if row is None:
-            return
-        if not listing.path:  # the root's own state comes from its listing, others' from parents
-            self._set_row(row, Row("node", "", listing.info))
-        wanted = [Row("item", listing.path, entry=e) for e in listing.items]
-        if listing.parts:
-            wanted.append(Row("parts", listing.path))
-        wanted += [Row("node", info.path, info) for info in listing.children]
-        self._sync_children(row, wanted)
-        if listing.parts:
-            parts_row = next(
-                row.child(i)
-                for i in range(row.childCount())
-                if row.child(i).data(NAME, ROLE).kind == "parts"
-            )
-            self._sync_children(
-                parts_row, [Row("part", listing.path, part=p) for p in listing.parts]
-            )
-            parts_row.setText(KIND, f"{len(listing.parts)} parts")
-            parts_row.setText(SIZE, format_bytes(sum(p.nbytes for p in listing.parts)))
-        self._loaded.add(listing.path)
-        row.setChildIndicatorPolicy(
-            QTreeWidgetItem.ChildIndicatorPolicy.DontShowIndicatorWhenChildless
-        )
-        self._apply_filter()
-        self.fit_columns()
-
-    def fit_columns(self) -> None:
-        """Name as wide as its longest name up to :data:`NAME_SHARE` of the width; Kind
-        takes what is left (shortened with "…"); Status, Size and Time fit their content."""
-        wanted = self.tree.sizeHintForColumn(NAME) + self.tree.indentation()
-        room = int(self.tree.viewport().width() * NAME_SHARE)
-        self.tree.header().resizeSection(NAME, max(min(wanted, room), 80))
-
-    def resizeEvent(self, event: Any) -> None:  # Qt's name
-        super().resizeEvent(event)
-        self.fit_columns()
-
-    def _sync_children(self, row: QTreeWidgetItem, wanted: list[Row]) -> None:
-        """Make ``row``'s children match ``wanted``: update, add and remove, keep expansion."""
-        existing = {
-            row.child(i).data(NAME, ROLE).key: row.child(i) for i in range(row.childCount())
-        }
-        keys = {data.key for data in wanted}
-        for key, child in existing.items():
-            if key not in keys:
-                self._forget(child)
-                row.removeChild(child)
-        for index, data in enumerate(wanted):
-            child = existing.get(data.key)
-            if child is None:
-                self._make_row(row, data, index)
-            else:
-                self._set_row(child, data)
-
-    def _forget(self, row: QTreeWidgetItem) -> None:
-        data: Row = row.data(NAME, ROLE)
-        if data.kind == "node":
-            self._rows.pop(data.path, None)
-            self._loaded.discard(data.path)
-        for i in range(row.childCount()):
-            self._forget(row.child(i))
-
-    def _remove_node(self, path: str) -> None:
-        row = self._rows.get(path)
-        if row is None:
-            return
-        self._forget(row)
-        parent = row.parent()
-        if parent is None:
-            self.tree.takeTopLevelItem(self.tree.indexOfTopLevelItem(row))
-            self.root = None
-            self.status_label.setText("the cache tree is gone")
-        else:
-            parent.removeChild(row)
-
-    # -- filter ---------------------------------------------------------------------------
-    def _apply_filter(self, *_: Any) -> None:
-        needle = self.filter_edit.text().strip().lower()
-
-        def visit(row: QTreeWidgetItem, shown_by_parent: bool) -> bool:
-            hit = (
-                shown_by_parent
-                or not needle
-                or any(needle in row.text(c).lower() for c in (NAME, STATUS, KIND))
-            )
-            below = [visit(row.child(i), hit) for i in range(row.childCount())]
-            visible = hit or any(below)
-            row.setHidden(not visible)
-            return visible
-
-        for i in range(self.tree.topLevelItemCount()):
-            top = self.tree.topLevelItem(i)
-            visit(top, False)
-            top.setHidden(False)  # the root stays, even when nothing matches
+    def _node_row_set(self, path: str, info: NodeInfo) -> None:
+        """Keep the action widgets up to date with the selected node's state."""
+        if (self.selection.root, self.selection.path) == (self.root, path):
+            self.selection.select(self.root, path, info)
 
     # -- selection and details ------------------------------------------------------------
     def select(self, path: str, item: str | None = None) -> QTreeWidgetItem | None:
         """Make the node at ``path`` (or its item ``item``) the current row."""
-        row = self._rows.get(path)
-        if row is not None and item is not None:
-            row = next(
-                (
-                    row.child(i)
-                    for i in range(row.childCount())
-                    if row.child(i).data(NAME, ROLE).key == ("item", item)
-                ),
-                None,
-            )
-        if row is not None:
-            self.tree.setCurrentItem(row)
-        return row
+        return self.tree.select(path, item)
 
     def _current_changed(self, row: QTreeWidgetItem | None, _previous: Any = None) -> None:
         if row is None or self.root is None:
             return
-        data: Row = row.data(NAME, ROLE)
-        node_row = self._rows.get(data.path)
-        info = node_row.data(NAME, ROLE).info if node_row is not None else None
-        self.selection.select(self.root, data.path, info)
-        self.show_text(self._details(data))
-
-    def _parent_info(self, path: str) -> NodeInfo | None:
-        """The listed state of the parent of the node at ``path`` (None for the root)."""
-        if not path:
-            return None
-        row = self._rows.get(posixpath.dirname(path))
-        return row.data(NAME, ROLE).info if row is not None else None
-
-    def _details(self, data: Row) -> str:
-        if data.kind == "node":
-            info = data.info
-            lines = [
-                f"node:      {info.path or '/'}",
-                f"status:    {info.state}",
-                *stale_explanation(info, self._parent_info(info.path)),
-                f"url:       {info.url}",
-                f"kind:      {info.kind}",
-                f"size:      {format_bytes(info.bytes)}",
-                f"time:      {info.time or '-'}",
-            ]
-            if info.writer is not None:
-                alive = "alive" if info.writer_alive else "gone"
-                lines.append(f"writer:    {info.writer.describe()} ({alive})")
-            if info.error:
-                lines.append(f"error:     {info.error}")
-            if info.manifest is not None:
-                lines.append(f"fingerprint: {info.manifest.fingerprint}")
-                lines.append("params:    " + json.dumps(info.manifest.params, indent=1))
-            return "\n".join(lines)
-        if data.kind == "item":
-            entry = data.entry
-            shape = f"{entry.shape} {entry.dtype}" if entry.shape is not None else "-"
-            return (
-                f"item:   {entry.name}\nnode:   {data.path or '/'}\nkind:   {entry.kind}\n"
-                f"shape:  {shape}\nsize:   {format_bytes(entry.bytes)}\n\n"
-                "double-click to open it"
-            )
-        if data.kind == "part":
-            part = data.part
-            return (
-                f"part:    {part.name}\nkind:    {part.kind}\nkey:     {json.dumps(part.key)}\n"
-                f"created: {part.created}\nwriter:  {json.dumps(part.writer)}\n"
-                f"arrays:  {json.dumps(part.arrays, indent=1)}\nmeta:    {json.dumps(part.meta)}"
-            )
-        return (
-            "parts: results written piece by piece (by workers, or spilled by a canvas), "
-            "not combined yet; expand to see them, double-click one to show it"
-        )
+        data = row_data(row)
+        self.selection.select(self.root, data.path, self.tree.node_info(data.path))
+        self.show_text(row_details(data, self.tree.parent_info(data.path)))
 
     # -- opening --------------------------------------------------------------------------
-    def eventFilter(self, watched: Any, event: Any) -> bool:  # Qt's name
-        """Enter, Return and Space on the tree open the current row."""
-        if (
-            watched is self.tree
-            and event.type() == QEvent.Type.KeyPress
-            and event.key() in OPEN_KEYS
-            and self.tree.currentItem() is not None
-        ):
-            self.open_selected()
-            return True
-        return super().eventFilter(watched, event)
-
     def open_selected(self) -> None:
         """Open the current row (as double-clicking it does)."""
         row = self.tree.currentItem()
@@ -625,7 +323,7 @@ class CacheTreeBrowser(QWidget):
 
     def open_row(self, row: QTreeWidgetItem) -> None:
         """Show a node's images, or one item or part, as layers; logs and JSON as text."""
-        data: Row = row.data(NAME, ROLE)
+        data = row_data(row)
         if self.root is None or data.kind == "parts":
             row.setExpanded(True)
             return
@@ -645,8 +343,7 @@ class CacheTreeBrowser(QWidget):
     # -- comparing ------------------------------------------------------------------------
     def selected_nodes(self) -> list[str]:
         """Paths of the node rows selected (Ctrl+click adds one)."""
-        rows = [row.data(NAME, ROLE) for row in self.tree.selectedItems()]
-        return [data.path for data in rows if data.kind == "node"]
+        return self.tree.selected_nodes()
 
     def _selection_rows_changed(self) -> None:
         self.compare_button.setEnabled(len(self.selected_nodes()) == 2)
