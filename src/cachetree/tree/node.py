@@ -2,33 +2,27 @@
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import os
 import posixpath
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
-
-import numpy as np
+from typing import Any, Literal
 
 from ..errors import (
     CorruptManifestError,
-    FinalizedError,
     InvalidDataError,
-    ItemNotFoundError,
     LockHeldError,
     NodeNotFoundError,
     NotCommittedError,
     StaleNodeError,
     UncommittedChildrenError,
 )
-from ..fs.location import Location, node_path, storage_errors, validate_name
-from ..fs.writer import AsyncWriter
+from ..fs.location import Location, node_path
 from .fingerprint import fingerprint, to_jsonable
-from .inventory import is_own_entry, scan_items
+from .inventory import is_own_entry
+from .items import NodeItems
 from .layout import LOCK, MANIFEST, PARTS
 from .lock import acquire_lock, break_lock, read_lock, release_lock
 from .manifest import Manifest, Status, now_iso, read_manifest, update_meta, write_manifest
@@ -42,11 +36,6 @@ __all__ = [
     "as_node",
     "location_of",
 ]
-
-
-if TYPE_CHECKING:
-    from ..images.ngff import ImageInfo
-    from .keyed import KeyedStore
 
 log = logging.getLogger("cachetree")
 
@@ -78,18 +67,14 @@ def _fingerprint_at(loc: Location) -> str | None:
         return None
 
 
-def _suffixed(name: str, suffix: str) -> str:
-    validate_name(name, what="item name")
-    return name if name.endswith(suffix) else name + suffix
-
-
-class Node:
+class Node(NodeItems):
     """One step's results: a directory holding items and child nodes, plus a manifest.
 
     Use :meth:`CacheTree.node <cachetree.tree.cache_tree.CacheTree.node>` (or
     :func:`~cachetree.tree.cdir.cdir_init`) rather than building one directly. As a context
     manager the node is opened on entry and committed on a clean exit; an exception leaves
-    it uncommitted (and the exception propagates).
+    it uncommitted (and the exception propagates). Items are saved and loaded with the
+    methods of its base, :class:`~cachetree.tree.items.NodeItems`.
 
     Parameters
     ----------
@@ -132,7 +117,7 @@ class Node:
     ):
         if on_stale not in ("recompute", "raise"):
             raise InvalidDataError(f"on_stale must be 'recompute' or 'raise', not {on_stale!r}")
-        self.location = location
+        super().__init__(location)
         self.root = root if root is not None else location
         self.params = params
         self.depends_on = tuple(depends_on)
@@ -142,10 +127,6 @@ class Node:
         self.stale_reason: str | None = None
         self._writing = False
         self._updating = False
-        self._log_lines: list[str] = []
-        self._items_meta: dict[str, dict[str, Any]] = {}
-        self._writer: AsyncWriter | None = None
-        self._stores: dict[str, KeyedStore] = {}
         self._params_json = to_jsonable(params)
 
     # -- identity ---------------------------------------------------------------------
@@ -409,19 +390,6 @@ class Node:
         log.info("committed %s", self.url)
         return self
 
-    def _scan_items(self) -> dict[str, dict[str, Any]]:
-        """The inventory of the node's items as stored now, with what writers described."""
-        items = scan_items(self.location, set(self.child_names()))
-        for name, extra in self._items_meta.items():
-            if name in items:
-                items[name].update(extra)
-        return items
-
-    def describe_item(self, name: str, meta: Mapping[str, Any]) -> None:
-        """Add fields to the inventory record of item ``name`` (written at the next commit or
-        at the end of an :meth:`update`)."""
-        self._items_meta[name] = dict(meta)
-
     def update(self) -> NodeUpdate:
         """A context in which results are added to this node, open or committed.
 
@@ -499,212 +467,6 @@ class Node:
             on_stale=on_stale or self.on_stale,
             kind=kind,
         )
-
-    # -- writing items ----------------------------------------------------------------
-    def _check_writable(self) -> None:
-        if not self.writing:
-            state = "committed" if self.status is Status.COMMITTED else "not opened for writing"
-            raise FinalizedError(
-                f"node {self.url} is {state}; open it (with new params to recompute) before "
-                "writing items"
-            )
-
-    @property
-    def writer(self) -> AsyncWriter:
-        """A background writer rooted at the node (``.npy`` files; mappings one file per key).
-
-        Writes overlap with computation; :meth:`commit` waits for all of them (and re-raises
-        the first failure) before the manifest is written.
-        """
-        self._check_writable()
-        if self._writer is None or self._writer.closed:
-            self._writer = AsyncWriter(self.location, save_format="npy", dict_mode="split")
-        return self._writer
-
-    def _close_writer(self) -> None:
-        """Wait for background writes (node writer and keyed stores) to reach storage."""
-        stores, self._stores = list(self._stores.values()), {}
-        for store in stores:
-            store.close()
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
-
-    def item(self, name: str) -> Location:
-        """Location of item ``name`` in the node, for code that writes files itself."""
-        return self.location.join(validate_name(name, what="item name"))
-
-    def keyed(self, name: str = "results", **options: Any) -> KeyedStore:
-        """The keyed store ``name`` of this node (see :class:`cachetree.tree.keyed.KeyedStore`).
-
-        While the node is being written the same store object is returned for a name, and
-        :meth:`commit` flushes it before the manifest is written.
-        """
-        from .keyed import KeyedStore
-
-        if not self._writing:
-            return KeyedStore(self, name, **options)
-        if name not in self._stores:
-            self._stores[name] = KeyedStore(self, name, **options)
-        return self._stores[name]
-
-    def save_image(
-        self, name: str, data: Any, axes: str | Sequence[str] | None = None, **kwargs: Any
-    ) -> ImageInfo:
-        """Save an image (numpy or dask, 2-D to 5-D) as an OME-Zarr pyramid ``name.ome.zarr``.
-
-        Extra keyword arguments go to :func:`cachetree.images.ngff.write_image`.
-        """
-        self._check_writable()
-        target = self.item(_suffixed(name, ".ome.zarr"))
-        from ..images.ngff import write_image
-
-        with storage_errors(target):
-            return write_image(target, data, axes=axes, name=name, **kwargs)
-
-    def save_labels(
-        self,
-        name: str,
-        data: Any,
-        axes: str | Sequence[str] | None = None,
-        *,
-        image: str | None = None,
-        **kwargs: Any,
-    ) -> ImageInfo:
-        """Save an integer label image as an OME-Zarr labels pyramid.
-
-        With ``image`` (an image item of this node, saved first) the labels are stored under
-        it, ``<image>.ome.zarr/labels/<name>``, where OME-Zarr viewers find them; otherwise
-        as a labels item ``name.ome.zarr`` of their own.
-        """
-        if image is None:
-            return self.save_image(name, data, axes=axes, labels=True, **kwargs)
-        from ..images.ngff import write_labels
-
-        self._check_writable()
-        validate_name(name, what="labels name")
-        target = self.item(_suffixed(image, ".ome.zarr"))
-        with storage_errors(target):
-            return write_labels(target, name, data, axes=axes, **kwargs)
-
-    def save_array(self, name: str, data: Any, *, chunks: Any = "auto") -> None:
-        """Save a numpy or dask array as a plain Zarr array ``name.zarr``."""
-        import dask.array as da
-        import zarr
-
-        self._check_writable()
-        if not hasattr(data, "shape") or not hasattr(data, "dtype"):
-            raise InvalidDataError(
-                f"save_array needs a numpy or dask array, got {type(data).__name__}"
-            )
-        if np.dtype(data.dtype).hasobject:
-            raise InvalidDataError("object arrays cannot be saved; convert to a numeric dtype")
-        arr = data if isinstance(data, da.Array) else da.from_array(np.asarray(data), chunks=chunks)
-        loc = self.item(_suffixed(name, ".zarr"))
-        with storage_errors(loc):
-            target = zarr.create_array(
-                loc.zarr_store(),
-                shape=arr.shape,
-                dtype=arr.dtype,
-                chunks=tuple(c[0] for c in arr.chunks) if arr.size else None,
-                overwrite=True,
-            )
-            da.store(arr, target, lock=False)
-
-    def save_text(self, name: str, text: str) -> None:
-        """Save text (a ``.txt`` suffix is added when the name has none)."""
-        self._check_writable()
-        if not isinstance(text, str):
-            raise InvalidDataError(f"save_text needs a str, got {type(text).__name__}")
-        if not posixpath.splitext(name)[1]:
-            name += ".txt"
-        self.item(name).write_text(text)
-
-    def log(self, message: str) -> None:
-        """Append a time-stamped line to ``log.txt`` (and to the ``cachetree`` logger)."""
-        self._check_writable()
-        line = f"{now_iso()} {message}"
-        self._log_lines.append(line)
-        log.info("%s: %s", self.path or self.url, message)
-        if len(self._log_lines) % 50 == 0:
-            self._flush_log()
-
-    def _flush_log(self) -> None:
-        if self._log_lines:
-            self.item("log.txt").write_text("\n".join(self._log_lines) + "\n")
-
-    def save_json(self, name: str, obj: Any) -> None:
-        """Save JSON metrics as ``name.json`` (numpy values are converted)."""
-        self._check_writable()
-        self.item(_suffixed(name, ".json")).write_text(json.dumps(to_jsonable(obj), indent=1))
-
-    def save_figure(self, name: str, figure: Any, *, format: str = "png", dpi: int = 100) -> None:
-        """Save a plot: a matplotlib-like figure (anything with ``savefig``) or encoded bytes."""
-        self._check_writable()
-        if isinstance(figure, bytes | bytearray):
-            data = bytes(figure)
-        elif hasattr(figure, "savefig"):
-            buf = io.BytesIO()
-            figure.savefig(buf, format=format, dpi=dpi)
-            data = buf.getvalue()
-        else:
-            raise InvalidDataError(
-                "save_figure needs a figure with savefig() or encoded bytes, "
-                f"got {type(figure).__name__}"
-            )
-        self.item(_suffixed(name, f".{format}")).write_bytes(data)
-
-    # -- reading items ----------------------------------------------------------------
-    def item_names(self) -> list[str]:
-        """Items of the node (from the inventory when committed, else by listing)."""
-        try:
-            manifest = self.manifest
-        except CorruptManifestError:
-            manifest = None
-        if manifest is not None and manifest.status is Status.COMMITTED:
-            return sorted(manifest.items)
-        children = set(self.child_names())
-        return sorted(n for n in self.location.ls() if n not in children and not is_own_entry(n))
-
-    def _find(self, name: str, suffixes: Iterable[str] = ("",)) -> Location:
-        names = set(self.location.ls())
-        for suffix in suffixes:
-            candidate = name if name.endswith(suffix) else name + suffix
-            if candidate in names:
-                return self.item(candidate)
-        raise ItemNotFoundError(f"node {self.url} has no item {name!r}; it has {self.item_names()}")
-
-    def open_image(self, name: str, *, image: str | None = None) -> list[Any]:
-        """The lazy (dask) pyramid of image or labels ``name``, full resolution first.
-
-        ``image`` names the image that labels ``name`` were saved under, if any.
-        """
-        from ..images.ngff import LABELS_GROUP, open_image
-
-        if image is not None:
-            found = self._find(image, (".ome.zarr", ""))
-            return open_image(found.join(LABELS_GROUP, name))
-        return open_image(self._find(name, (".ome.zarr", "")))
-
-    def open_array(self, name: str) -> Any:
-        """A plain Zarr array item as a lazy dask array."""
-        import dask.array as da
-        import zarr
-
-        loc = self._find(name, (".zarr", ""))
-        return da.from_zarr(zarr.open_array(loc.zarr_store(read_only=True), mode="r"))
-
-    def load_text(self, name: str) -> str:
-        """Text of a log or text item."""
-        return self._find(name, ("", ".txt")).read_text()
-
-    def load_json(self, name: str) -> Any:
-        """Parsed JSON item."""
-        return json.loads(self._find(name, (".json", "")).read_text())
-
-    def load_bytes(self, name: str) -> bytes:
-        """Raw bytes of a file item (e.g. a PNG plot)."""
-        return self._find(name, ("", ".png", ".svg")).read_bytes()
 
     def require_committed(self) -> Manifest:
         """The manifest; raises :class:`~cachetree.errors.NotCommittedError` if not committed."""
