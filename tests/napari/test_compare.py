@@ -8,7 +8,7 @@ import pytest
 from qtpy.QtCore import Qt
 
 from cachetree import CacheTree
-from cachetree.napari._browser import CacheTreeBrowser
+from cachetree.napari._browser import TREE_ROWS, CacheTreeBrowser
 
 from .conftest import wait_idle
 
@@ -64,6 +64,12 @@ def test_two_selected_nodes_compare_side_by_side_with_lazy_differences(
 
     text = browser.text_pane.toPlainText()
     lines = text.splitlines()
+    # the pane grows to show the comparison, as long as the tree keeps its rows
+    pane, tree = browser.text_pane, browser.tree
+    shown_lines = pane.viewport().height() / pane.fontMetrics().lineSpacing()
+    tree_rows = tree.viewport().height() / tree.sizeHintForRow(0)
+    assert tree_rows >= TREE_ROWS
+    assert shown_lines >= len(lines) or tree_rows < TREE_ROWS + 1
     assert lines[0] == "compare  segment  with  segment-b"
     assert lines[2].split() == ["parameter", "segment", "segment-b"]
     assert lines[4].split() == ["level", "1", "2"]  # side by side, only what differs

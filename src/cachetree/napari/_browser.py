@@ -57,6 +57,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheTreeBrowser"]
 
+TREE_ROWS = 10
+"""Rows of the tree that stay visible when opened text makes the pane below it grow."""
+
 
 class CacheTreeBrowser(QWidget):
     """Browse a cache tree, open its content as layers, and pick the node actions act on.
@@ -149,7 +152,7 @@ class CacheTreeBrowser(QWidget):
         row3.addWidget(self.open_button)
         row3.addWidget(self.compare_button)
         row3.addWidget(self.status_label, 1)
-        splitter = QSplitter(Qt.Orientation.Vertical)
+        self.splitter = splitter = QSplitter(Qt.Orientation.Vertical)
         splitter.addWidget(self.tree)
         splitter.addWidget(self.lower_pane)
         splitter.setStretchFactor(0, 3)
@@ -374,9 +377,24 @@ class CacheTreeBrowser(QWidget):
         self.text_pane.setPlainText(text)
         self.lower_pane.setCurrentWidget(self.text_pane)
 
+    def _make_room_below(self, text: str) -> None:
+        """Let the text pane grow to show ``text`` while the tree keeps
+        :data:`TREE_ROWS` rows (the user can drag the splitter back)."""
+        tree_size, lower_size = self.splitter.sizes()
+        row_height = self.tree.sizeHintForRow(0)
+        if row_height <= 0:
+            row_height = self.tree.fontMetrics().height() + 4
+        tree_least = self.tree.header().height() + TREE_ROWS * row_height + 4
+        line_height = self.text_pane.fontMetrics().lineSpacing()
+        wanted = (text.count("\n") + 3) * line_height
+        lower = min(wanted, tree_size + lower_size - tree_least)
+        if lower > lower_size:
+            self.splitter.setSizes([tree_size + lower_size - lower, lower])
+
     def _opened(self, opened: Opened) -> None:
         if opened.text is not None:
             self.show_text(opened.text)
+            self._make_room_below(opened.text)
         if opened.plot is not None:
             try:
                 self.plot_pane.show_plot(*opened.plot)
