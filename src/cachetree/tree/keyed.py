@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import math
 import re
@@ -276,9 +275,7 @@ def keyed_store_names(node: Node | Location) -> list[str]:
 def _load_file(loc: Location, *, mmap: bool) -> np.ndarray:
     """Read one ``.npy`` file (the single place keyed data is read)."""
     try:
-        if loc.is_local:
-            return np.load(loc.path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        return np.load(io.BytesIO(loc.read_bytes()), allow_pickle=False)
+        return loc.read_npy(mmap=mmap)
     except FileNotFoundError as exc:
         raise ItemNotFoundError(
             f"keyed file {loc.url} listed in the inventory is missing; the node was modified "

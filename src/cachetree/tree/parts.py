@@ -8,7 +8,6 @@ re-initialisation of their node with unchanged parameters, so work already done 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -127,10 +126,7 @@ class PartInfo:
             raise ItemNotFoundError(
                 f"part {self.name!r} has no array {array!r}; it has {sorted(self.arrays)}"
             )
-        loc = self.location.join(array + ".npy")
-        if loc.is_local:
-            return np.load(loc.path, mmap_mode="r", allow_pickle=False)
-        return np.load(io.BytesIO(loc.read_bytes()), allow_pickle=False)
+        return self.location.join(array + ".npy").read_npy()
 
 
 def parts_location(node: Location) -> Location:
