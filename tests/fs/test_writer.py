@@ -363,8 +363,8 @@ def test_context_manager_does_not_mask_body_exception(tmp_path):
         pytest.raises(KeyError, match="body") as info,
         AsyncWriter(tmp_path, small_sync_bytes=0) as writer,
     ):
-        writer.write("x", big())
         writer.write("ok", big(1))
+        writer.write("x", big())  # the last write: its failure cannot surface in the body
         raise KeyError("body")
     assert writer.closed
     assert any("StorageError" in note for note in info.value.__notes__)
