@@ -22,6 +22,7 @@ import zarr
 
 from cachetree.errors import FinalizedError, InvalidDataError, InvalidNameError, StorageError
 from cachetree.fs.location import TMP_MARK, Location
+from cachetree.fs.payloads import OutputFormat
 from cachetree.fs.writer import AsyncWriter, DictMode, SaveFormat
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -310,12 +311,17 @@ def test_zarr_collision_with_a_file(tmp_path):
     assert leftovers(tmp_path) == []
 
 
-class FailingSerialiser(AsyncWriter):
+class FailingSerialisation(OutputFormat):
     """Serialisation writes half the data, then fails."""
 
     def _serialise(self, fh, payload):
         fh.write(b"\x93NUMPY partial")
         raise RuntimeError("serialisation exploded")
+
+
+class FailingSerialiser(AsyncWriter):
+    def _write_one(self, target, payload):
+        FailingSerialisation(self.save_format, self.dict_mode).write(target, payload)
 
 
 @pytest.mark.parametrize("fmt", ["npy", "npz"])
@@ -334,11 +340,15 @@ def test_failed_serialisation_removes_temp_file(tmp_path, fmt):
 
 
 def test_failed_zarr_write_removes_temp_dir(tmp_path):
-    class Boom(AsyncWriter):
+    class BoomFormat(OutputFormat):
         @staticmethod
         def _fill_zarr(store, payload):
             zarr.create_array(store, shape=(4,), dtype="i4")  # something is on disk already
             raise RuntimeError("zarr exploded")
+
+    class Boom(AsyncWriter):
+        def _write_one(self, target, payload):
+            BoomFormat(self.save_format, self.dict_mode).write(target, payload)
 
     writer = Boom(tmp_path, save_format="zarr", small_sync_bytes=0)
     writer.write("z", big())
@@ -353,8 +363,8 @@ def test_context_manager_does_not_mask_body_exception(tmp_path):
         pytest.raises(KeyError, match="body") as info,
         AsyncWriter(tmp_path, small_sync_bytes=0) as writer,
     ):
-        writer.write("x", big())
         writer.write("ok", big(1))
+        writer.write("x", big())  # the last write: its failure cannot surface in the body
         raise KeyError("body")
     assert writer.closed
     assert any("StorageError" in note for note in info.value.__notes__)

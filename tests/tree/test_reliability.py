@@ -271,7 +271,7 @@ def die(parts_root, names):
         os.remove(os.path.join(parts_root.path, name, "part.json"))
     os.kill(os.getpid(), signal.SIGKILL)
 
-cv.remove_part_dirs = die
+cv.remove_parts = die
 tree = CacheTree({str(root)!r})
 with tree.node("canvas") as node:
     canvas = Canvas(node, (256, 256), {{"p": 1}}, memory_budget=64 * 1024, tile=64,

@@ -44,9 +44,9 @@ One module per job: ``spec`` (the validated :class:`CanvasSpec`, the one descrip
 canvas), ``batch`` (checking a batch), ``tiles`` (the resident tiles, their buffer pool and
 the eviction policy), :mod:`~cachetree.canvas.spill` (spill parts: writing, reading back,
 decoding), :mod:`~cachetree.canvas.checkpoint`, ``rows`` (normalising finished rows into the
-output images), ``pool`` (background writes), ``base``, ``core`` and ``worker`` (the
-canvases), :mod:`~cachetree.canvas.view` (what is on disk, from any process) and
-:mod:`~cachetree.canvas.distributed` (merging on a dask cluster).
+output images), ``base``, ``core`` and ``worker`` (the canvases; background writes run on
+a :class:`~cachetree.fs.pool.BoundedPool`), :mod:`~cachetree.canvas.view` (what is on disk,
+from any process) and :mod:`~cachetree.canvas.distributed` (merging on a dask cluster).
 """
 
 from .core import Canvas, Role

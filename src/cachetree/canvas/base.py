@@ -10,8 +10,8 @@ import numpy as np
 
 from ..errors import FinalizedError, InvalidDataError
 from ..fs.location import Location, fsync_path, storage_errors
+from ..fs.pool import BoundedPool
 from .batch import Batch, prepare_batch
-from .pool import BoundedPool
 from .spec import CanvasSpec, HeadSpec, parse_memory_budget, weight_window
 from .spill import SpillStore
 from .tiles import TileBuffers, TileKey, TileStore

@@ -14,13 +14,20 @@ from ..fs.location import Location, storage_errors
 from ..images.ngff import ImageInfo
 from ..tree.layout import CANVAS_JSON
 from ..tree.node import Node
-from ..tree.parts import PartInfo, list_parts, parts_location, remove_part, write_part
+from ..tree.parts import (
+    PartInfo,
+    list_parts,
+    parts_location,
+    remove_part,
+    remove_parts,
+    write_part,
+)
 from .base import CanvasBase
 from .checkpoint import checkpoint_value_range, newest_checkpoint, write_checkpoint
 from .kinds import CHECKPOINT_KIND, SPILL_KIND, STAGING, STAGING_KIND
 from .rows import RowWriter
 from .spec import CanvasSpec, HeadSpec, NanPolicy, Order, spec_differences
-from .spill import add_spilled_tile, parts_to_adopt, remove_part_dirs
+from .spill import add_spilled_tile, parts_to_adopt
 from .tiles import TileKey
 from .worker import WorkerCanvas
 
@@ -307,7 +314,7 @@ class Canvas(CanvasBase):
 
     def _start_fresh(self, *, keep_spills: bool = False) -> None:
         if keep_spills:  # adopting spill parts: only an earlier staging and checkpoints go
-            remove_part_dirs(
+            remove_parts(
                 self._parts_root,
                 [
                     n
@@ -418,7 +425,7 @@ class Canvas(CanvasBase):
             self._finalized = True
             if commit:
                 self.node.commit()
-            remove_part_dirs(self._parts_root, [info.name for info in self._canvas_parts()])
+            remove_parts(self._parts_root, [info.name for info in self._canvas_parts()])
             self._staging.remove()
             self._shutdown()
             return infos

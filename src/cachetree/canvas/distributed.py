@@ -67,11 +67,17 @@ from ..tree.fingerprint import to_jsonable
 from ..tree.lock import acquire_lock
 from ..tree.manifest import Status, read_manifest
 from ..tree.node import Node
-from ..tree.parts import PART_MARKER, PartInfo, list_parts, parts_location, write_part
+from ..tree.parts import (
+    PART_MARKER,
+    PartInfo,
+    list_parts,
+    parts_location,
+    remove_parts,
+    write_part,
+)
 from .core import Canvas
 from .kinds import PLAN_KIND, SPILL_KIND, TASK_KIND
 from .spec import CanvasSpec, parse_memory_budget
-from .spill import remove_part_dirs
 from .worker import WorkerCanvas
 
 __all__ = [
@@ -445,7 +451,7 @@ def _discard_run(loc: Location) -> int:
         for n in root.ls()
         if n == PLAN_PART or n.startswith(ATTEMPT_PREFIX) or n.startswith(TASK_PREFIX)
     ]
-    remove_part_dirs(root, names)
+    remove_parts(root, names)
     return len(names)
 
 

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 
 from ..fs.location import Location
+from ..fs.pool import BoundedPool
 from ..images.ngff import ImageInfo, read_image
 from ..images.pyramid import ImageWriter, PyramidAssembler, finite_range
 from ..tree.node import Node
 from .kinds import PROGRESS
-from .pool import BoundedPool
 from .spec import CanvasSpec
 from .tiles import TileBuffers
 

@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import CacheTreeError, IncompatibleError, InvalidDataError, KeyLookupError
 from ..fs.location import Location
 from ..fs.writer import AsyncWriter, SaveFormat
-from ..tree.parts import PART_MARKER, PartInfo, list_parts, parts_location, write_part
+from ..tree.parts import PartInfo, list_parts, parts_location, write_part
 from .kinds import SPILL_KIND
 from .spec import spec_differences
 from .tiles import TileBuffers, TileKey
@@ -35,7 +35,6 @@ __all__ = [
     "add_spilled_tile",
     "parts_to_adopt",
     "read_spill_part",
-    "remove_part_dirs",
 ]
 
 
@@ -322,36 +321,3 @@ def parts_to_adopt(
                 [d.replace("checkpoint has", "the part has") for d in differences],
             )
     return [by_name[name] for name in dict.fromkeys(names)]
-
-
-def remove_part_dirs(parts_root: Location, names: Sequence[str]) -> None:
-    """Delete the parts ``names`` of a parts directory: every marker first, then the rest.
-
-    A part stops counting as soon as its marker is gone. On object stores the files are
-    found with one listing and deleted in bulk (a handful of requests for any number of
-    parts, instead of several per part).
-    """
-    wanted = set(names)
-    if not wanted:
-        return
-    if parts_root.is_local:
-        for name in sorted(wanted):
-            parts_root.raw_child(name).raw_child(PART_MARKER).remove()
-        for name in sorted(wanted):
-            parts_root.raw_child(name).remove()
-        return
-    fs = parts_root.fs
-    fs.invalidate_cache(parts_root.path)
-    try:
-        found = fs.find(parts_root.path)
-    except FileNotFoundError:
-        return
-    prefix = parts_root.path.rstrip("/") + "/"
-    files = [f for f in found if f.startswith(prefix)]
-    chosen = [f for f in files if f[len(prefix) :].split("/", 1)[0] in wanted]
-    markers = [f for f in chosen if f[len(prefix) :].split("/", 1)[1:] == [PART_MARKER]]
-    rest = sorted(set(chosen) - set(markers))
-    for batch in (markers, rest):
-        if batch:
-            fs.rm(batch)
-    fs.invalidate_cache(parts_root.path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import json
 import os
 import posixpath
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 import fsspec
+import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import InvalidNameError, NodeNotFoundError, StorageError
@@ -239,6 +241,17 @@ class Location:
     def read_text(self) -> str:
         """The file's contents decoded as UTF-8."""
         return self.read_bytes().decode("utf-8")
+
+    def read_npy(self, *, mmap: bool = True) -> np.ndarray:
+        """The array in this ``.npy`` file (never unpickled).
+
+        On local disk it is memory-mapped read-only unless ``mmap`` is false; elsewhere the
+        file is read whole. A missing file raises :class:`FileNotFoundError` (locally) or
+        :class:`~cachetree.errors.NodeNotFoundError` (a subclass of it).
+        """
+        if self.is_local:
+            return np.load(self.path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        return np.load(io.BytesIO(self.read_bytes()), allow_pickle=False)
 
     # -- writing ----------------------------------------------------------------------
     def makedirs(self) -> None:

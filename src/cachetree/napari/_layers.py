@@ -314,19 +314,11 @@ def item_layers(node: Node, root: Location, entry: ItemEntry) -> list[LayerData]
         return image_and_labels(node.item(entry.name), name, metadata)
     if entry.kind == "array":
         if entry.name.endswith(".npy"):
-            data = _load_npy(node.item(entry.name))
+            data = node.item(entry.name).read_npy()
         else:
             data = node.open_array(entry.name)
         return [array_layer(data, name, metadata)]
     raise CacheTreeError(f"{entry.name} is a {entry.kind} item, which has no image to show")
-
-
-def _load_npy(location: Location) -> np.ndarray:
-    import io
-
-    if location.is_local:
-        return np.load(location.path, mmap_mode="r", allow_pickle=False)
-    return np.load(io.BytesIO(location.read_bytes()), allow_pickle=False)
 
 
 def item_text(node: Node, entry: ItemEntry) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import math
 import re
@@ -263,9 +262,9 @@ class KeyIndex:
 
 
 # -- the store --------------------------------------------------------------------------------
-def keyed_store_names(node: Node | Location) -> list[str]:
+def keyed_store_names(node: NodeLike) -> list[str]:
     """Names of the keyed stores a node directory holds (``"results"`` for ``results.keyed``)."""
-    loc = node.location if isinstance(node, Node) else node
+    loc = location_of(node)
     return sorted(
         name[: -len(STORE_SUFFIX)]
         for name in loc.ls()
@@ -276,9 +275,7 @@ def keyed_store_names(node: Node | Location) -> list[str]:
 def _load_file(loc: Location, *, mmap: bool) -> np.ndarray:
     """Read one ``.npy`` file (the single place keyed data is read)."""
     try:
-        if loc.is_local:
-            return np.load(loc.path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        return np.load(io.BytesIO(loc.read_bytes()), allow_pickle=False)
+        return loc.read_npy(mmap=mmap)
     except FileNotFoundError as exc:
         raise ItemNotFoundError(
             f"keyed file {loc.url} listed in the inventory is missing; the node was modified "
@@ -493,6 +490,14 @@ class KeyedStore(Mapping):
             )
         return self._writer
 
+    def _file_for(self, key: Key) -> tuple[Key, str]:
+        """The stored key ``key`` designates (itself when new) and the file that holds it."""
+        entries, index = self._inventory()
+        found = index.find(key)
+        stored = key if found is None else found
+        old = entries.get(_canonical_json(stored))
+        return stored, old["file"] if old else key_filename(stored) + ".npy"
+
     def _record(self, key: Key, file: str, shape: Any, dtype: Any, parts: Iterable[str]) -> Key:
         entries, index = self._inventory()
         stored = index.find(key)
@@ -540,11 +545,7 @@ class KeyedStore(Mapping):
             raise InvalidDataError(
                 f"the array of key {key!r} has dtype object; convert it to a numeric dtype"
             )
-        entries, index = self._inventory()
-        found = index.find(canon)
-        stored = canon if found is None else found
-        old = entries.get(_canonical_json(stored))
-        file = old["file"] if old else key_filename(stored) + ".npy"
+        stored, file = self._file_for(canon)
         self._get_writer().write(file[: -len(".npy")], data)
         self._pending.add(file)
         return self._record(stored, file, data.shape, data.dtype, parts)
@@ -554,11 +555,7 @@ class KeyedStore(Mapping):
     ) -> Key:
         """Store an already serialised ``.npy`` file for ``key`` (copies between nodes)."""
         self._check_writable()
-        entries, index = self._inventory()
-        found = index.find(key)
-        stored = key if found is None else found
-        old = entries.get(_canonical_json(stored))
-        file = old["file"] if old else key_filename(stored) + ".npy"
+        stored, file = self._file_for(key)
         self.location.raw_child(file).write_bytes(data)
         return self._record(stored, file, shape, dtype, parts)
 

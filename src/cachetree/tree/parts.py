@@ -8,7 +8,6 @@ re-initialisation of their node with unchanged parameters, so work already done 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -42,6 +41,7 @@ __all__ = [
     "part_id",
     "parts_location",
     "remove_part",
+    "remove_parts",
     "uncommitted_parts",
     "write_part",
     "writer_of_part",
@@ -127,10 +127,7 @@ class PartInfo:
             raise ItemNotFoundError(
                 f"part {self.name!r} has no array {array!r}; it has {sorted(self.arrays)}"
             )
-        loc = self.location.join(array + ".npy")
-        if loc.is_local:
-            return np.load(loc.path, mmap_mode="r", allow_pickle=False)
-        return np.load(io.BytesIO(loc.read_bytes()), allow_pickle=False)
+        return self.location.join(array + ".npy").read_npy()
 
 
 def parts_location(node: Location) -> Location:
@@ -261,8 +258,40 @@ def uncommitted_parts(node: Location) -> list[Location]:
 
 def remove_part(part: PartInfo) -> None:
     """Delete a part: the marker first, so it stops counting before its arrays go."""
-    part.location.raw_child(PART_MARKER).remove()
-    part.location.remove()
+    remove_parts(part.location.parent, [part.name])
+
+
+def remove_parts(parts_root: Location, names: Iterable[str]) -> None:
+    """Delete the parts ``names`` of a parts directory: every marker first, then the rest.
+
+    A part stops counting as soon as its marker is gone. On object stores several parts'
+    files are found with one listing and deleted in bulk (a handful of requests for any
+    number of parts, instead of several per part).
+    """
+    wanted = set(names)
+    if not wanted:
+        return
+    if parts_root.is_local or len(wanted) == 1:
+        for name in sorted(wanted):
+            parts_root.raw_child(name).raw_child(PART_MARKER).remove()
+        for name in sorted(wanted):
+            parts_root.raw_child(name).remove()
+        return
+    fs = parts_root.fs
+    fs.invalidate_cache(parts_root.path)
+    try:
+        found = fs.find(parts_root.path)
+    except FileNotFoundError:
+        return
+    prefix = parts_root.path.rstrip("/") + "/"
+    files = [f for f in found if f.startswith(prefix)]
+    chosen = [f for f in files if f[len(prefix) :].split("/", 1)[0] in wanted]
+    markers = [f for f in chosen if f[len(prefix) :].split("/", 1)[1:] == [PART_MARKER]]
+    rest = sorted(set(chosen) - set(markers))
+    for batch in (markers, rest):
+        if batch:
+            fs.rm(batch)
+    fs.invalidate_cache(parts_root.path)
 
 
 def part_id(info: PartInfo) -> str:
