@@ -128,7 +128,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
     A canvas merged on a cluster (its spill parts written by workers) is finalised into its
     OME-Zarr heads; other nodes go through their combiner.
     """
-    from .canvas.distributed import finalize_canvas, is_distributed_canvas
+    from .canvas.cluster import finalize_canvas, is_distributed_canvas
     from .results import combine
 
     node = Node(Location.from_url(args.node))
@@ -145,7 +145,7 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
 def cmd_canvas_status(args: argparse.Namespace) -> int:
     """Print the tasks done and the spill parts of a canvas merged on a cluster."""
-    from .canvas.distributed import run_status
+    from .canvas.cluster import run_status
 
     run = run_status(args.node)
     if run.canvas is None:

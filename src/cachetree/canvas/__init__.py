@@ -30,7 +30,7 @@ node with unchanged parameters)::
         stats/<head>.npy                       running (min, max) per channel
     <head>.ome.zarr, canvas.json               after finalize()
 
-Several processes can merge one canvas (see :mod:`cachetree.canvas.distributed`): each
+Several processes can merge one canvas (see :mod:`cachetree.canvas.cluster`): each
 runs a :class:`WorkerCanvas` that writes only spill parts, named with its own prefix, and
 never touches the node's lock, staging area or images; one canvas then *adopts* the spill
 parts that finished tasks list (``adopt=[...]``) and finalises them::
@@ -46,7 +46,7 @@ the eviction policy), :mod:`~cachetree.canvas.spill` (spill parts: writing, read
 decoding), :mod:`~cachetree.canvas.checkpoint`, ``rows`` (normalising finished rows into the
 output images), ``pool`` (background writes), ``base``, ``core`` and ``worker`` (the
 canvases), :mod:`~cachetree.canvas.view` (what is on disk, from any process) and
-:mod:`~cachetree.canvas.distributed` (merging on a dask cluster).
+:mod:`~cachetree.canvas.cluster` (merging on a dask cluster).
 """
 
 from .core import Canvas, Role

@@ -6,7 +6,7 @@ level 0 with the spilled accumulators (summed and divided on the fly, tile by ti
 dask asks for a chunk); afterwards it returns the finished images. Tiles still held in the
 writer's memory are not on disk and show the fill value: call ``canvas.checkpoint()`` in the
 writer to make everything visible. A canvas merged by several processes
-(:mod:`cachetree.canvas.distributed`) shows the tasks finished so far: only spill parts that a
+(:mod:`cachetree.canvas.cluster`) shows the tasks finished so far: only spill parts that a
 task marker lists count, so parts of unfinished or killed attempts never do.
 """
 

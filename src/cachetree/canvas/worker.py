@@ -18,7 +18,7 @@ class WorkerCanvas(CanvasBase):
     """Accumulates patches like a :class:`~cachetree.canvas.Canvas` but only writes spill parts.
 
     One of several processes merging the same canvas (see
-    :mod:`cachetree.canvas.distributed`). It needs no lock and writes nothing but spill
+    :mod:`cachetree.canvas.cluster`). It needs no lock and writes nothing but spill
     parts named ``<part_prefix>-<seq>`` into the node's parts area; :meth:`flush_parts`
     ends it, and a :class:`~cachetree.canvas.Canvas` that adopts the parts finalises them.
     With ``order="row-major"`` it spills rows no later patch can reach at once.

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from cachetree.canvas.distributed import finalize_canvas, is_distributed_canvas
+from cachetree.canvas.cluster import finalize_canvas, is_distributed_canvas
 from cachetree.results import CombineReport, combine
 from cachetree.tree.clean import CleanPlan, format_bytes, plan_clean
 from cachetree.tree.lock import break_lock, read_lock
