@@ -6,11 +6,9 @@ from __future__ import annotations
 import logging
 
 from ...errors import CacheTreeError, FinalizedError
-from ...fs.location import TMP_MARK, Location
+from ...fs.location import TMP_MARK
 from ...images.ngff import ImageInfo
-from ...tree.lock import acquire_lock
-from ...tree.manifest import Status, read_manifest
-from ...tree.node import Node, NodeLike
+from ...tree.node import Node, NodeLike, as_node
 from ...tree.parts import parts_location
 from ..core import Canvas
 from ..kinds import SPILL_KIND
@@ -24,20 +22,6 @@ log = logging.getLogger("cachetree")
 
 class IncompleteRunError(CacheTreeError):
     """Finalising was asked for while some planned tasks have no result yet."""
-
-
-def _open_for_finalize(url: str | Location) -> Node:
-    """A writing handle on an uncommitted node, taking its lock (never discarding parts)."""
-    loc = Location.from_url(url)
-    manifest = read_manifest(loc)
-    if manifest.status is Status.COMMITTED:
-        raise FinalizedError(f"node {loc.url} is committed already: there is nothing to finalise")
-    acquire_lock(loc)
-    node = Node(loc, kind=manifest.kind)
-    # Node.open() would re-initialise the node (its params are unknown here and would not
-    # match, so the parts would go): this handle only finishes what the node holds.
-    node._writing = True
-    return node
 
 
 def finalize_canvas(
@@ -79,21 +63,17 @@ def finalize_canvas(
     dict[str, ImageInfo]
         The written image of each head.
     """
-    own = not isinstance(node, Node) or not node.writing
-    if own:
-        handle = _open_for_finalize(node.location if isinstance(node, Node) else node)
-    else:
-        assert isinstance(node, Node)
-        handle = node
-    try:
-        infos = _finalize(handle, partial, commit, memory_budget, workers, progress)
-    except BaseException:
-        if own and handle.writing:
-            handle.abandon()
-        raise
-    if own and handle.writing:
-        handle.abandon()
-    return infos
+    node = as_node(node)
+    if node.writing:
+        return _finalize(node, partial, commit, memory_budget, workers, progress)
+    # Node.open() would re-initialise the node (its params are unknown here and would not
+    # match, so the parts would go): an update only finishes what the node holds.
+    with node.update() as update:
+        if update.committed:
+            raise FinalizedError(
+                f"node {node.url} is committed already: there is nothing to finalise"
+            )
+        return _finalize(node, partial, commit, memory_budget, workers, progress)
 
 
 def _finalize(
