@@ -45,11 +45,13 @@ canvas), ``batch`` (checking a batch), ``tiles`` (the resident tiles, their buff
 the eviction policy), :mod:`~cachetree.canvas.spill` (spill parts: writing, reading back,
 decoding), :mod:`~cachetree.canvas.checkpoint`, ``rows`` (normalising finished rows into the
 output images), ``pool`` (background writes), ``base``, ``core`` and ``worker`` (the
-canvases), :mod:`~cachetree.canvas.view` (what is on disk, from any process) and
-:mod:`~cachetree.canvas.cluster` (merging on a dask cluster).
+canvases), :mod:`~cachetree.canvas.view` (what is on disk, from any process),
+:mod:`~cachetree.canvas.cluster` (merging on a dask cluster) and ``finish``
+(:func:`finish_node`: finalise a canvas merged on a cluster, or combine a node's parts).
 """
 
 from .core import Canvas, Role
+from .finish import FinishReport, finish_node
 from .kinds import (
     CANVAS_JSON,
     CHECKPOINT_KIND,
@@ -71,11 +73,13 @@ __all__ = [
     "TASK_KIND",
     "Canvas",
     "CanvasSpec",
+    "FinishReport",
     "HeadSpec",
     "NanPolicy",
     "Order",
     "Role",
     "WorkerCanvas",
+    "finish_node",
     "normalise_block",
     "parse_memory_budget",
     "weight_window",
@@ -85,8 +89,10 @@ __all__ = [
 for _public in (
     Canvas,
     CanvasSpec,
+    FinishReport,
     HeadSpec,
     WorkerCanvas,
+    finish_node,
     normalise_block,
     parse_memory_budget,
     weight_window,
