@@ -16,7 +16,7 @@ Variants, each run in its own subprocess:
 
 * ``single``      — one process, ``Canvas(order="row-major")`` with the default budget,
   ``finalize()`` included: the one-machine reference;
-* ``cluster-<n>`` — :func:`cachetree.canvas.distributed.merge_distributed` on a ``LocalCluster`` of
+* ``cluster-<n>`` — :func:`cachetree.canvas.cluster.merge_distributed` on a ``LocalCluster`` of
   ``n`` worker processes (one thread each), tasks of ``--rows-per-task`` patch rows, the
   final merge in the client; the tree on local disk;
 * ``local-<N>`` / ``s3-<N>`` — the same with N workers at ``--s3-size``, on local disk and on
@@ -111,7 +111,7 @@ class PoolModel:
 def all_boxes(args: argparse.Namespace, size: int):
     import numpy as np
 
-    from cachetree.canvas.distributed import grid_tasks
+    from cachetree.canvas.cluster import grid_tasks
 
     tasks = grid_tasks((size, size), args.patch, args.stride, rows_per_task=args.rows_per_task)
     return tasks, np.concatenate([t.boxes for t in tasks])
@@ -152,7 +152,7 @@ def run_cluster(args: argparse.Namespace, root: str, workers: int, size: int) ->
 
     from cachetree import CacheTree
     from cachetree.canvas import CanvasSpec
-    from cachetree.canvas.distributed import merge_distributed
+    from cachetree.canvas.cluster import merge_distributed
 
     tasks, boxes = all_boxes(args, size)
     spec = CanvasSpec((size, size), HEADS, tile=args.tile)

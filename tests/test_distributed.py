@@ -24,9 +24,8 @@ import numpy as np
 import pytest
 
 from cachetree import CacheTree, OpenMode, Status
-from cachetree.canvas import SPILL_KIND, Canvas
-from cachetree.canvas.distributed import (
-    CanvasSpec,
+from cachetree.canvas import SPILL_KIND, Canvas, CanvasSpec
+from cachetree.canvas.cluster import (
     IncompleteRunError,
     finalize_canvas,
     grid_tasks,
@@ -395,6 +394,18 @@ def test_process_private_storage_is_refused(client):
     with pytest.raises(InvalidDataError, match="worker processes cannot see"):
         merge_distributed(node, TASKS, models.model, SPEC, client=client, progress=False)
     node.abandon()
+
+
+def test_old_module_paths_export_the_cluster_api():
+    import cachetree.canvas.cluster as cluster
+    import cachetree.canvas.distributed as old
+    import cachetree.distributed as oldest
+
+    for module in (old, oldest):
+        for name in module.__all__:
+            assert getattr(module, name) is getattr(cluster, name, None) or name == "CanvasSpec"
+        assert module.CanvasSpec is CanvasSpec
+    assert set(cluster.__all__) <= set(old.__all__)
 
 
 def test_worker_canvas_and_adopt(expected, tmp_path):

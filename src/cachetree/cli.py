@@ -128,24 +128,25 @@ def cmd_combine(args: argparse.Namespace) -> int:
     A canvas merged on a cluster (its spill parts written by workers) is finalised into its
     OME-Zarr heads; other nodes go through their combiner.
     """
-    from .canvas.distributed import finalize_canvas, is_distributed_canvas
-    from .results import combine
+    from .canvas import finish_node
 
     node = Node(Location.from_url(args.node))
     if node.status is Status.MISSING:
         raise CacheTreeError(f"no cache node at {args.node}")
-    if is_distributed_canvas(node):
-        images = finalize_canvas(node, partial=args.partial, progress=not args.quiet)
-        print(f"finalised canvas {node.url}: heads {', '.join(sorted(images))}")
-        return 0
-    report = combine(node, combiner=args.combiner, store=args.store, progress=not args.quiet)
+    report = finish_node(
+        node,
+        partial=args.partial,
+        combiner=args.combiner,
+        store=args.store,
+        progress=not args.quiet,
+    )
     print(report)
     return 0
 
 
 def cmd_canvas_status(args: argparse.Namespace) -> int:
     """Print the tasks done and the spill parts of a canvas merged on a cluster."""
-    from .canvas.distributed import run_status
+    from .canvas.cluster import run_status
 
     run = run_status(args.node)
     if run.canvas is None:

@@ -1,4 +1,4 @@
-"""Old home of :mod:`cachetree.canvas.distributed`; its names are re-exported here.
+"""Old home of :mod:`cachetree.canvas.cluster`; its names are re-exported here.
 
 ``python -m cachetree.distributed status|finalize NODE`` runs ``cachetree canvas-status``
 or ``cachetree combine``.
@@ -6,9 +6,8 @@ or ``cachetree combine``.
 
 import sys
 
-from .canvas.distributed import (
+from .canvas.cluster import (
     PLAN_PART,
-    CanvasSpec,
     IncompleteRunError,
     MergeReport,
     Task,
@@ -20,6 +19,7 @@ from .canvas.distributed import (
     run_task,
     task_status,
 )
+from .canvas.spec import CanvasSpec
 
 __all__ = [
     "PLAN_PART",

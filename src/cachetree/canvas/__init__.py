@@ -30,7 +30,7 @@ node with unchanged parameters)::
         stats/<head>.npy                       running (min, max) per channel
     <head>.ome.zarr, canvas.json               after finalize()
 
-Several processes can merge one canvas (see :mod:`cachetree.canvas.distributed`): each
+Several processes can merge one canvas (see :mod:`cachetree.canvas.cluster`): each
 runs a :class:`WorkerCanvas` that writes only spill parts, named with its own prefix, and
 never touches the node's lock, staging area or images; one canvas then *adopts* the spill
 parts that finished tasks list (``adopt=[...]``) and finalises them::
@@ -46,10 +46,13 @@ the eviction policy), :mod:`~cachetree.canvas.spill` (spill parts: writing, read
 decoding), :mod:`~cachetree.canvas.checkpoint`, ``rows`` (normalising finished rows into the
 output images), ``base``, ``core`` and ``worker`` (the canvases; background writes run on
 a :class:`~cachetree.fs.pool.BoundedPool`), :mod:`~cachetree.canvas.view` (what is on disk,
-from any process) and :mod:`~cachetree.canvas.distributed` (merging on a dask cluster).
+from any process), :mod:`~cachetree.canvas.cluster` (merging on a dask cluster) and
+``finish`` (:func:`finish_node`: finalise a canvas merged on a cluster, or combine a node's
+parts).
 """
 
 from .core import Canvas, Role
+from .finish import FinishReport, finish_node
 from .kinds import (
     CANVAS_JSON,
     CHECKPOINT_KIND,
@@ -71,11 +74,13 @@ __all__ = [
     "TASK_KIND",
     "Canvas",
     "CanvasSpec",
+    "FinishReport",
     "HeadSpec",
     "NanPolicy",
     "Order",
     "Role",
     "WorkerCanvas",
+    "finish_node",
     "normalise_block",
     "parse_memory_budget",
     "weight_window",
@@ -85,8 +90,10 @@ __all__ = [
 for _public in (
     Canvas,
     CanvasSpec,
+    FinishReport,
     HeadSpec,
     WorkerCanvas,
+    finish_node,
     normalise_block,
     parse_memory_budget,
     weight_window,

@@ -1,7 +1,7 @@
 """What a canvas merges: its validated :class:`CanvasSpec`, heads, blending weights, budget.
 
 :class:`CanvasSpec` is the one description of a canvas: :class:`~cachetree.canvas.Canvas`,
-the worker canvases and plans of :mod:`cachetree.canvas.distributed` and the view in
+the worker canvases and plans of :mod:`cachetree.canvas.cluster` and the view in
 :mod:`cachetree.canvas.view` all use it. Building one validates it; nothing is written.
 """
 
@@ -93,7 +93,7 @@ class CanvasSpec:
         Edge of the accumulator tiles and of the output chunks, in pixels (even, >= 8).
     order
         ``"row-major"`` promises that no patch starts (clipped y0) above the smallest y0 of
-        an earlier batch; ``"any"`` accepts any order. In :mod:`cachetree.canvas.distributed`
+        an earlier batch; ``"any"`` accepts any order. In :mod:`cachetree.canvas.cluster`
         (default ``"row-major"``) each task's boxes are sent to its worker canvas sorted top
         to bottom, so rows the task has passed are spilled at once.
     nan_policy

@@ -6,7 +6,7 @@ level 0 with the spilled accumulators (summed and divided on the fly, tile by ti
 dask asks for a chunk); afterwards it returns the finished images. Tiles still held in the
 writer's memory are not on disk and show the fill value: call ``canvas.checkpoint()`` in the
 writer to make everything visible. A canvas merged by several processes
-(:mod:`cachetree.canvas.distributed`) shows the tasks finished so far: only spill parts that a
+(:mod:`cachetree.canvas.cluster`) shows the tasks finished so far: only spill parts that a
 task marker lists count, so parts of unfinished or killed attempts never do.
 """
 
@@ -27,7 +27,7 @@ import zarr
 from ..errors import CacheTreeError, NodeNotFoundError
 from ..fs.location import Location
 from ..images.ngff import open_image
-from ..tree.node import Node
+from ..tree.node import NodeLike, location_of
 from ..tree.parts import PartInfo, list_parts, parts_location
 from .checkpoint import newest_checkpoint
 from .kinds import (
@@ -79,12 +79,6 @@ class CanvasState:
     tasks_total: int | None = None
 
 
-def _location(source: Node | Location | str) -> Location:
-    if isinstance(source, Node):
-        return source.location
-    return Location.from_url(source)
-
-
 def _read_json(loc: Location) -> Any | None:
     try:
         return json.loads(loc.read_bytes())
@@ -111,7 +105,7 @@ def _load(loc: Location) -> tuple[dict[str, Any] | None, list[PartInfo], int]:
     return None, parts, int(progress.get("rows_final", 0))
 
 
-def canvas_state(source: Node | Location | str) -> CanvasState:
+def canvas_state(source: NodeLike) -> CanvasState:
     """Summary of the canvas stored in a node (reads only small metadata files).
 
     Raises
@@ -119,7 +113,7 @@ def canvas_state(source: Node | Location | str) -> CanvasState:
     NodeNotFoundError
         The node holds no canvas.
     """
-    loc = _location(source)
+    loc = location_of(source)
     final, parts, rows = _load(loc)
     if final is not None:
         return CanvasState(final, True, -(-final["shape"][0] // final["tile"]), 0, None)
@@ -138,7 +132,7 @@ def canvas_state(source: Node | Location | str) -> CanvasState:
     )
 
 
-def is_canvas(source: Node | Location | str) -> bool:
+def is_canvas(source: NodeLike) -> bool:
     """Whether the node holds a canvas, finished or in progress. Never raises."""
     try:
         canvas_state(source)
@@ -155,7 +149,7 @@ def _spec_from_parts(parts: list[PartInfo], loc: Location) -> dict[str, Any]:
     raise NodeNotFoundError(f"{loc.url} holds no canvas (no canvas parts, no {CANVAS_JSON})")
 
 
-def open_canvas(source: Node | Location | str) -> dict[str, da.Array]:
+def open_canvas(source: NodeLike) -> dict[str, da.Array]:
     """The canvas in a node as one lazy dask array per head, normalised.
 
     Shapes are ``(C, H, W)``, or ``(H, W)`` for one-channel heads, in the head dtype,
@@ -172,7 +166,7 @@ def open_canvas(source: Node | Location | str) -> dict[str, da.Array]:
     NodeNotFoundError
         The node holds no canvas.
     """
-    loc = _location(source)
+    loc = location_of(source)
     final, parts, rows_final = _load(loc)
     if final is not None:
         return {head: open_image(loc.join(path))[0] for head, path in final["images"].items()}

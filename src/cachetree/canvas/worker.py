@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any, NoReturn
 
 from ..errors import InvalidDataError
-from ..fs.location import Location, validate_name
-from ..tree.node import Node
+from ..fs.location import validate_name
+from ..tree.node import NodeLike, location_of
 from .base import CanvasBase
 from .spec import CanvasSpec
 
@@ -18,7 +17,7 @@ class WorkerCanvas(CanvasBase):
     """Accumulates patches like a :class:`~cachetree.canvas.Canvas` but only writes spill parts.
 
     One of several processes merging the same canvas (see
-    :mod:`cachetree.canvas.distributed`). It needs no lock and writes nothing but spill
+    :mod:`cachetree.canvas.cluster`). It needs no lock and writes nothing but spill
     parts named ``<part_prefix>-<seq>`` into the node's parts area; :meth:`flush_parts`
     ends it, and a :class:`~cachetree.canvas.Canvas` that adopts the parts finalises them.
     With ``order="row-major"`` it spills rows no later patch can reach at once.
@@ -48,7 +47,7 @@ class WorkerCanvas(CanvasBase):
 
     def __init__(
         self,
-        node: Node | Location | str,
+        node: NodeLike,
         spec: CanvasSpec,
         *,
         part_prefix: str,
@@ -61,17 +60,12 @@ class WorkerCanvas(CanvasBase):
                 "(e.g. 'task-0007-3f9a2c1b')"
             )
         validate_name(part_prefix, what="part prefix")
-        loc: Location
-        if isinstance(node, Node):
-            loc = node.location
-        elif isinstance(node, Location | str | os.PathLike):
-            loc = Location.from_url(node)
-        else:
-            raise InvalidDataError(
-                f"node must be a Node, a Location or a URL, got {type(node).__name__}"
-            )
         super().__init__(
-            loc, spec, memory_budget=memory_budget, workers=workers, spill_prefix=part_prefix
+            location_of(node),
+            spec,
+            memory_budget=memory_budget,
+            workers=workers,
+            spill_prefix=part_prefix,
         )
 
     def _rows_passed(self, upto: int) -> None:

@@ -24,8 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from cachetree.canvas.distributed import finalize_canvas, is_distributed_canvas
-from cachetree.results import CombineReport, combine
+from cachetree.canvas import FinishReport, finish_node
 from cachetree.tree.clean import CleanPlan, format_bytes, plan_clean
 from cachetree.tree.lock import break_lock, read_lock
 from cachetree.tree.manifest import Status
@@ -223,16 +222,13 @@ class CombineWidget(_ActionWidget):
         info = self.selection.info
         return self.selection.node is not None and (info is None or info.has_parts)
 
-    def _work(self, node: Node, report: Report) -> CombineReport | str:
-        if is_distributed_canvas(node):  # spill parts of cluster workers: finalise the canvas
-            report(0, 1, "finalising canvas")
-            images = finalize_canvas(node)
-            report(1, 1)
-            return f"finalised canvas heads {', '.join(sorted(images))}"
-        return combine(node, progress=report)
+    def _work(self, node: Node, report: Report) -> FinishReport:
+        return finish_node(node, progress=report)
 
-    def _describe(self, path: str, result: Any) -> str:
-        return f"Combine of {path}: {result}"
+    def _describe(self, path: str, result: FinishReport) -> str:
+        if result.combined is not None:
+            return f"Combine of {path}: {result.combined}"
+        return f"Combine of {path}: finalised canvas heads {', '.join(result.heads)}"
 
 
 class CleanWidget(_ActionWidget):

@@ -1,0 +1,148 @@
+"""What a worker executes: one task merged into spill parts of the node, then its marker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ...errors import InvalidDataError
+from ...fs.location import Location
+from ...tree.parts import write_part
+from ..kinds import TASK_KIND
+from ..spec import CanvasSpec, parse_memory_budget
+from ..worker import WorkerCanvas
+from .status import valid_marker
+from .tasks import ATTEMPT_PREFIX, Model, Task, TaskResult, marker_name
+
+__all__ = ["run_task"]
+
+log = logging.getLogger("cachetree")
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return f"pid {os.getpid()}"
+
+
+def _threads_here() -> int:
+    try:
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except (ImportError, ValueError, AttributeError):
+        return 1
+
+
+def run_task(
+    task: Task,
+    node_url: str,
+    spec: CanvasSpec,
+    model: Model,
+    *,
+    batch_size: int = 32,
+    memory_budget: int | str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    io_threads: int = 2,
+) -> TaskResult:
+    """Merge one task's patches into spill parts of the node and write its marker.
+
+    Runs on a worker (any process that reaches ``node_url``); needs no lock. A task whose
+    marker already names complete parts for the same boxes is skipped. Otherwise the model
+    is called on the boxes ``batch_size`` at a time, patches accumulate in a worker canvas
+    that spills to parts ``task-<id>-<attempt>-<seq>`` whenever it would exceed its budget,
+    and once everything is on storage the marker ``canvas-task-<id>`` is written last. A
+    failure or a kill before that leaves parts no marker names, which do not count.
+
+    Parameters
+    ----------
+    task
+        The task.
+    node_url
+        URL (or shared path) of the node, opened for writing by the client.
+    spec
+        The canvas.
+    model
+        ``model(task, boxes)`` returns the patches of ``boxes``.
+    batch_size
+        Boxes per model call.
+    memory_budget
+        Accumulator memory of this worker process (bytes, ``"512MiB"``, ``"10%"``), shared
+        by the tasks its threads run at once; None: the canvas default.
+    storage_options
+        fsspec options to reach ``node_url``.
+    io_threads
+        Threads writing spill parts.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidDataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    loc = Location.from_url(node_url, **dict(storage_options or {}))
+    worker = _worker_name()
+    done = valid_marker(loc, task)
+    if done is not None:
+        log.info("task %s is done already (attempt %s)", task.id, done.get("attempt"))
+        return TaskResult(
+            task.id, True, tuple(done["spill_parts"]), worker=worker, attempt=done["attempt"]
+        )
+    start = time.perf_counter()
+    budget = max(1, parse_memory_budget(memory_budget) // _threads_here())
+    attempt = uuid.uuid4().hex[:8]
+    boxes = task.boxes
+    if spec.order == "row-major":
+        boxes = boxes[np.argsort(np.maximum(boxes[:, 1], 0), kind="stable")]
+    canvas = WorkerCanvas(
+        loc,
+        spec,
+        part_prefix=f"{ATTEMPT_PREFIX}{task.id}-{attempt}",
+        memory_budget=budget,
+        workers=io_threads,
+    )
+    try:
+        for i in range(0, len(boxes), batch_size):
+            batch = boxes[i : i + batch_size]
+            canvas.add(model(task, batch), batch)
+        parts = canvas.flush_parts()
+        stats = canvas.stats
+    except BaseException:
+        canvas.close()
+        raise
+    seconds = time.perf_counter() - start
+    write_part(
+        loc,
+        marker_name(task.id),
+        {"boxes": np.asarray(task.boxes)},
+        kind=TASK_KIND,
+        meta={
+            "task": task.id,
+            "digest": task.digest,
+            "attempt": attempt,
+            "spill_parts": parts,
+            "canvas": spec.to_json(),
+            "patches": len(boxes),
+            "seconds": round(seconds, 3),
+            "worker": worker,
+            "spilled_bytes": stats["spilled_bytes"],
+            "peak_resident_bytes": stats["peak_resident_bytes"],
+        },
+    )
+    return TaskResult(
+        task.id,
+        False,
+        tuple(parts),
+        patches=len(boxes),
+        spilled_bytes=stats["spilled_bytes"],
+        peak_resident_bytes=stats["peak_resident_bytes"],
+        memory_budget=budget,
+        seconds=seconds,
+        worker=worker,
+        attempt=attempt,
+    )
