@@ -40,6 +40,7 @@ class BoundedPool:
         self._lock = threading.Lock()
         self._error: BaseException | None = None
         self._error_tb: TracebackType | None = None
+        self._pending: set[concurrent.futures.Future[Any]] = set()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         """Run ``fn(*args)`` in the background, waiting for a free slot first."""
@@ -49,6 +50,8 @@ class BoundedPool:
         except BaseException:
             self._slots.release()
             raise
+        with self._lock:
+            self._pending.add(future)
         future.add_done_callback(self._task_done)
         return future
 
@@ -64,6 +67,8 @@ class BoundedPool:
                     traceback.clear_frames(exc.__traceback__)
                     self._error, self._error_tb = exc, exc.__traceback__
                     log.debug("background task failed: %r", exc)
+        with self._lock:
+            self._pending.discard(future)
         self._slots.release()
 
     def raise_error(self) -> None:
@@ -74,15 +79,13 @@ class BoundedPool:
             raise error.with_traceback(tb)
 
     def wait_idle(self) -> None:
-        """Wait until no task is queued or running."""
-        taken = 0
-        try:
-            for _ in range(self._limit):
-                self._slots.acquire()
-                taken += 1
-        finally:
-            for _ in range(taken):
-                self._slots.release()
+        """Wait until no task is queued or running (several threads may wait at once)."""
+        while True:
+            with self._lock:  # a task leaves the set once its failure, if any, is kept
+                pending = list(self._pending)
+            if not pending:
+                return
+            concurrent.futures.wait(pending)
 
     def shutdown(self) -> None:
         """Finish the queued tasks and stop the threads."""
