@@ -186,7 +186,7 @@ class Canvas(CanvasBase):
         )
         self._parts_root = parts_location(self._loc)
         self._staging = self._parts_root.raw_child(STAGING)
-        self._rows = RowWriter(self._staging, spec, self._pool)
+        self._rows = RowWriter(self._staging, spec, self._pool, node.ngff_format)
         self._checkpoint: PartInfo | None = None
         try:
             if adopt is not None:

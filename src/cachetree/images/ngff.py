@@ -67,6 +67,7 @@ __all__ = [
     "check_dtype",
     "check_extra_attrs",
     "default_name",
+    "find_ome_attrs",
     "is_ome_zarr",
     "is_rgb",
     "label_names",

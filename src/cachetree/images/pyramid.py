@@ -706,7 +706,7 @@ class PyramidAssembler:
         if all(q is None for q in quarters.values()):
             return None
         h, w = self.writer.chunk_extent(level, index)
-        half_y, half_x = (c // 2 for c in self.writer.levels[level - 1].chunks[-2:])
+        half_y, half_x = (-(-c // 2) for c in self.writer.levels[level - 1].chunks[-2:])
         data = np.empty((h, w), self.writer.dtype)
         for (qy, qx), quarter in quarters.items():
             y0, x0 = qy * half_y, qx * half_x
