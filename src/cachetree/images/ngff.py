@@ -54,31 +54,10 @@ from .metadata import (
 )
 from .pyramid import ImageWriter
 
-__all__ = [
-    "AXIS_ORDER",
-    "DEFAULT_FORMAT",
-    "DEFAULT_TILE",
-    "FORMATS",
-    "LABELS_GROUP",
-    "ImageInfo",
-    "NgffFormat",
-    "check_axes",
-    "check_channel_names",
-    "check_dtype",
-    "check_extra_attrs",
-    "default_name",
-    "find_ome_attrs",
-    "is_ome_zarr",
-    "is_rgb",
-    "label_names",
-    "level_shapes",
-    "multiscales_metadata",
-    "omero_metadata",
-    "open_image",
-    "read_image",
-    "write_image",
-    "write_labels",
-]
+__all__ = ["is_ome_zarr", "open_image", "write_image", "write_labels"]
+"""The calls defined here; the metadata names imported above (``ImageInfo``, ``read_image``,
+``check_axes``, ...) are documented in :mod:`cachetree.images.metadata` and stay importable
+from this module."""
 
 _LEVEL_WORKERS = min(4, os.cpu_count() or 1)
 """Threads building pyramid levels of a whole image."""
