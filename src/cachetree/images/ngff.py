@@ -26,12 +26,16 @@ import zarr
 
 from ..errors import InvalidDataError, ShapeMismatchError
 from ..fs.location import Location, fsync_path, temp_name
-from .meta import LABELS_GROUP, label_names, ome_attrs
+from .meta import LABELS_GROUP, ome_attrs
+from .meta import label_names as label_names
+from .metadata import (  # the metadata names stay importable from here
+    AXIS_ORDER as AXIS_ORDER,
+)
 from .metadata import (
-    AXIS_ORDER,
-    DEFAULT_FORMAT,
+    DEFAULT_FORMAT as DEFAULT_FORMAT,
+)
+from .metadata import (
     DEFAULT_TILE,
-    FORMATS,
     ImageInfo,
     NgffFormat,
     check_axes,
@@ -43,14 +47,25 @@ from .metadata import (
     default_name,
     find_ome_attrs,
     group_attributes,
-    is_rgb,
-    level_shapes,
-    multiscales_metadata,
-    omero_metadata,
     per_axis,
     read_image,
     require_ome_attrs,
     zarr_format_of,
+)
+from .metadata import (
+    FORMATS as FORMATS,
+)
+from .metadata import (
+    is_rgb as is_rgb,
+)
+from .metadata import (
+    level_shapes as level_shapes,
+)
+from .metadata import (
+    multiscales_metadata as multiscales_metadata,
+)
+from .metadata import (
+    omero_metadata as omero_metadata,
 )
 from .pyramid import ImageWriter
 
