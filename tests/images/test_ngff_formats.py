@@ -93,14 +93,14 @@ def test_tree_default_format_a_call_can_override_and_a_tree_can_mix(tmp_path):
 
 
 class CountingWriter(ImageWriter):
-    """Counts the files stored and read back (the writer's own I/O hooks)."""
+    """Counts the shards stored and the files read back (the writer's own I/O hooks)."""
 
     puts: list[str]
     gets: list[str]
 
-    def _put(self, path: str, data: bytes) -> None:
-        self.puts.append(path)
-        super()._put(path, data)
+    def _store(self, key, entry):
+        self.puts.append(key)
+        return super()._store(key, entry)
 
     def _get(self, path: str) -> bytes | None:
         self.gets.append(path)

@@ -5,11 +5,13 @@
 canvas, whose level 0 arrives tile by tile from many threads. It encodes chunks itself
 (so many can be encoded in parallel without the zarr machinery in the way) and stores
 them in shards (:mod:`cachetree.images.layout`); zarr-python writes the array metadata and
-reads everything back. A shard is written once, whole, as one object put (or temp file and
-rename on local disk): chunks that arrive one at a time wait, encoded, until their shard is
-complete. Levels 1..n are built from the level below (:meth:`ImageWriter.build_levels`) or
-while level 0 streams in (:class:`PyramidAssembler`); :meth:`ImageWriter.finish` adds the
-OME-NGFF metadata (0.5 on zarr v3, or 0.4 on zarr v2).
+reads everything back. A shard is never read back and rewritten: chunks that arrive one at
+a time are appended, encoded, to a temp file (nothing is held in memory), and once the last
+one is there the index is added and the file goes into place in one step (a rename on
+local disk, one object put elsewhere). Levels 1..n are built from the level below
+(:meth:`ImageWriter.build_levels`) or while level 0 streams in
+(:class:`PyramidAssembler`); :meth:`ImageWriter.finish` adds the OME-NGFF metadata (0.5 on
+zarr v3, or 0.4 on zarr v2).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import math
 import os
 import posixpath
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,7 +36,7 @@ from ..errors import InvalidDataError, NodeNotFoundError, ShapeMismatchError
 from ..fs.location import Location, temp_name
 from . import metadata as meta
 from . import policy
-from .layout import LevelLayout
+from .layout import LevelLayout, ShardFile
 
 __all__ = ["ImageWriter", "PyramidAssembler", "build_pyramid", "finite_range"]
 
@@ -78,7 +81,7 @@ class ImageWriter:
         self.levels = levels
         self.labels = labels
         self._existing = existing  # shards may be on disk from an earlier run
-        self._pending: dict[ShardKey, dict[tuple[int, ...], bytes | None]] = {}
+        self._pending: dict[ShardKey, ShardFile] = {}
         self._stored: set[ShardKey] = set()
         self._lock = threading.Lock()
         self._made_dirs: set[str] = set()
@@ -286,14 +289,19 @@ class ImageWriter:
         block = None if data is None else self._chunk_block(layout, index, data)
         encoded = None if block is None else layout.encode_chunk(block)
         shard, local = layout.locate(index)
+        if not layout.sharded:  # zarr v2: the chunk is the file
+            if encoded is None:
+                return []
+            path = self._path(layout, shard)
+            self._put(path, encoded)
+            return [path]
         key = (level, shard)
         with self._lock:
             entry = self._pending.get(key)
             if entry is None:
-                entry = self._stored_chunks(key) if self._may_exist(key) else {}
-                self._pending[key] = entry
-            entry[local] = encoded
-            complete = len(entry) >= layout.chunks_in(shard)
+                entry = self._pending[key] = self._new_shard(key)
+            entry.add(local, encoded)
+            complete = entry.complete(shard)
             if complete:
                 del self._pending[key]
         return self._store(key, entry) if complete else []
@@ -314,62 +322,91 @@ class ImageWriter:
         """Whether a shard may be stored already (so a new chunk must join its others)."""
         return self.levels[key[0]].sharded and (self._existing or key in self._stored)
 
-    def _stored_chunks(self, key: ShardKey) -> dict[tuple[int, ...], bytes | None]:
-        """Every chunk slot of a stored shard (None: absent), or nothing when none is stored."""
+    def _new_shard(self, key: ShardKey) -> ShardFile:
+        """An empty shard file, holding the chunks already stored when there may be some."""
         level, shard = key
         layout = self.levels[level]
-        raw = self._get(self._path(layout, shard))
-        return {} if raw is None else layout.unpack(raw)
+        path = self._path(layout, shard)
+        if self.location.is_local:
+            spool = temp_name(path)
+        else:
+            spool = os.path.join(tempfile.gettempdir(), f"cachetree-shard-{uuid.uuid4().hex}")
+        entry = ShardFile(layout, spool)
+        raw = self._get(path) if self._may_exist(key) else None
+        if raw is not None:
+            for local, data in layout.unpack(raw).items():
+                entry.add(local, data)
+        return entry
 
     def write_shard(self, level: int, shard: Sequence[int], block: np.ndarray) -> list[str]:
-        """Store one whole shard from ``block``, its region of the level; return its path.
+        """Store one whole shard (zarr v2: chunk) from ``block``, its region of the level.
 
         A shard's region is :meth:`LevelLayout.shard_region`; chunks are encoded here and
-        the shard replaces whatever was stored.
+        the shard replaces whatever was stored. Returns the path stored (none when every
+        chunk holds only the fill value).
         """
         layout = self.levels[level]
         block = np.asarray(block)
+        if not layout.sharded:
+            return self.write_chunk(level, shard, block)
+        key = (level, tuple(int(i) for i in shard))
         region = layout.shard_region(shard)
         per = layout.per_shard
-        entry: dict[tuple[int, ...], bytes | None] = {}
-        for local in np.ndindex(*per):
-            chunk = tuple(s * p + i for s, p, i in zip(shard, per, local, strict=True))
-            if any(c >= g for c, g in zip(chunk, layout.grid, strict=True)):
-                continue
-            sub = tuple(
-                slice(r.start - o.start, r.stop - o.start)
-                for r, o in zip(layout.chunk_region(chunk), region, strict=True)
-            )
-            entry[local] = layout.encode_chunk(block[sub])
         with self._lock:
-            self._pending.pop((level, tuple(shard)), None)
-        return self._store((level, tuple(shard)), entry)
+            stale = self._pending.pop(key, None)
+        if stale is not None:
+            stale.discard()
+        self._stored.discard(key)  # replaced whole: nothing stored joins it
+        entry = self._new_shard(key)
+        try:
+            for local in np.ndindex(*per):
+                chunk = tuple(s * p + i for s, p, i in zip(shard, per, local, strict=True))
+                if any(c >= g for c, g in zip(chunk, layout.grid, strict=True)):
+                    continue
+                sub = tuple(
+                    slice(r.start - o.start, r.stop - o.start)
+                    for r, o in zip(layout.chunk_region(chunk), region, strict=True)
+                )
+                entry.add(local, layout.encode_chunk(block[sub]))
+        except BaseException:
+            entry.discard()
+            raise
+        return self._store(key, entry)
 
-    def _store(self, key: ShardKey, chunks: Mapping[tuple[int, ...], bytes | None]) -> list[str]:
+    def _store(self, key: ShardKey, entry: ShardFile) -> list[str]:
+        """Finish a shard file and put it in place (one rename, or one object put)."""
         level, shard = key
-        layout = self.levels[level]
-        payload = layout.pack(chunks)
-        path = self._path(layout, shard)
+        path = self._path(self.levels[level], shard)
+        may_exist = self._may_exist(key)
         with self._lock:
             self._stored.add(key)
-        if payload is None:
-            if self._may_exist(key):
-                self._remove(path)
-            return []
-        self._put(path, payload)
+        try:
+            if not entry.close():
+                if may_exist:
+                    self._remove(path)
+                return []
+            if self.location.is_local:
+                os.replace(entry.spool, path)
+            else:
+                self.location.fs.put_file(entry.spool, path)
+                os.unlink(entry.spool)
+        except BaseException:
+            entry.discard()
+            raise
         return [path]
 
     def flush(self) -> list[str]:
         """Store every shard still waiting for chunks (missing ones read as the fill value)."""
         with self._lock:
             pending, self._pending = self._pending, {}
-        return [path for key, chunks in pending.items() for path in self._store(key, chunks)]
+        return [path for key, entry in pending.items() for path in self._store(key, entry)]
 
     def _path(self, layout: LevelLayout, shard: Sequence[int]) -> str:
         return posixpath.join(self.location.path, layout.key(shard))
 
     def _put(self, path: str, data: bytes) -> None:
-        """Store a shard as one object put, or locally as a temp file renamed into place."""
+        """Store a chunk (zarr v2) as one object put, or locally as a temp file renamed into
+        place."""
         if not self.location.is_local:
             self.location.fs.pipe_file(path, data)
             return
@@ -412,8 +449,10 @@ class ImageWriter:
                 prefix = layout.key((*index, row, 0)).rsplit("/", 1)[0]
                 Location(self.location.fs, posixpath.join(self.location.path, prefix)).remove()
         with self._lock:
-            for key in [k for k in self._pending if k[0] == level and k[1][-2] >= first_row]:
-                del self._pending[key]
+            cleared = [k for k in self._pending if k[0] == level and k[1][-2] >= first_row]
+            entries = [self._pending.pop(k) for k in cleared]
+        for entry in entries:
+            entry.discard()
 
     # -- reading --------------------------------------------------------------------------
     def _array(self, level: int) -> zarr.Array:
