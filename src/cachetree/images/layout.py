@@ -5,16 +5,13 @@ A level is stored in **shards**, the files (or objects) written in one go. On za
 ``sharding_indexed`` index (offset and length of every chunk, then a CRC32C); on zarr
 format 2 (OME-NGFF 0.4) there are no shards and every chunk is its own file, so a "shard"
 here is one chunk. :class:`LevelLayout` encodes chunks and writes the shard index exactly
-as zarr-python reads them, and :class:`ShardFile` assembles a shard in a temp file as its
-chunks arrive; the zarr metadata itself is written by zarr-python
-(:meth:`LevelLayout.create`).
+as zarr-python reads them (:mod:`cachetree.images.shards` stores them); the zarr metadata
+itself is written by zarr-python (:meth:`LevelLayout.create`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +24,7 @@ from numcodecs import Blosc
 from ..errors import InvalidDataError
 from . import policy
 
-__all__ = ["EMPTY", "LevelLayout", "ShardFile"]
+__all__ = ["EMPTY", "LevelLayout"]
 
 EMPTY = 2**64 - 1
 """Offset and length of a chunk absent from a shard (the zarr sharding spec's marker)."""
@@ -252,51 +249,3 @@ class LevelLayout:
             meta.zarr_format,
             dims,
         )
-
-
-class ShardFile:
-    """A shard being filled: chunks are appended to a temp file as they arrive, in any
-    order, and nothing is held in memory; :meth:`close` ends it with the index.
-
-    The temp file is ``spool`` (beside the shard on local disk, so it can be renamed into
-    place; in the local temp directory for object stores, uploaded in one put). Not thread
-    safe: the writer serialises calls.
-    """
-
-    def __init__(self, layout: LevelLayout, spool: str):
-        self.layout = layout
-        self.spool = spool
-        self.slots: dict[tuple[int, ...], tuple[int, int] | None] = {}
-        self._fh: Any = None
-        self._size = 0
-
-    def add(self, local: tuple[int, ...], data: bytes | None) -> None:
-        """Add the encoded chunk at ``local`` (None: absent, it reads as the fill value)."""
-        if data is None:
-            self.slots.setdefault(local, None)
-            return
-        if self._fh is None:
-            os.makedirs(os.path.dirname(self.spool) or ".", exist_ok=True)
-            self._fh = open(self.spool, "wb")  # noqa: SIM115 - closed by close() / discard()
-        self._fh.write(data)
-        self.slots[local] = (self._size, len(data))
-        self._size += len(data)
-
-    def complete(self, shard: Sequence[int]) -> bool:
-        """Whether every chunk of ``shard`` inside the level was added."""
-        return len(self.slots) >= self.layout.chunks_in(shard)
-
-    def close(self) -> bool:
-        """End the file with the index; False (and no file) when no chunk holds data."""
-        if self._fh is None:
-            return False
-        with self._fh:
-            self._fh.write(self.layout.index_tail(self.slots))
-        return True
-
-    def discard(self) -> None:
-        """Drop the temp file (after a failure, or when the shard is cleared)."""
-        if self._fh is not None:
-            self._fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.spool)
