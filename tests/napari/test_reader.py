@@ -23,12 +23,15 @@ def test_unrelated_paths_are_rejected_quickly_and_never_raise(tmp_path):
     )
     (tmp_path / "bad.zarr").mkdir()
     (tmp_path / "bad.zarr" / ".zattrs").write_text("{not json")
+    (tmp_path / "bad3.zarr").mkdir()
+    (tmp_path / "bad3.zarr" / "zarr.json").write_text("{not json")
     candidates = [
         plain,
         str(plain / "notes.txt"),
         str(tmp_path / "missing"),
         str(tmp_path / "plain.zarr"),
         str(tmp_path / "bad.zarr"),
+        str(tmp_path / "bad3.zarr"),
         [str(plain), str(plain)],
         [],
         None,
