@@ -206,7 +206,7 @@ def open_image(location: Location | str) -> list[da.Array]:
     Raises
     ------
     NodeNotFoundError, InvalidDataError
-        As :func:`read_image`.
+        As :func:`~cachetree.images.metadata.read_image`.
     """
     loc = Location.from_url(location)
     attrs, _ = require_ome_attrs(loc)

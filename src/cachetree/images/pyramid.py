@@ -46,8 +46,9 @@ class ImageWriter(ShardWriter):
     """Writer of one OME-Zarr image (or labels) and its pyramid.
 
     Make one with :meth:`create` (new image) or :meth:`open` (continue an image whose
-    level 0 is partly or fully written). Level 0 is written with :meth:`write_chunk` (any
-    thread, any order), :meth:`write_shard` (both from
+    level 0 is partly or fully written). Level 0 is written with
+    :meth:`~cachetree.images.shards.ShardWriter.write_chunk` (any thread, any order),
+    :meth:`~cachetree.images.shards.ShardWriter.write_shard` (both from
     :class:`~cachetree.images.shards.ShardWriter`) or :meth:`write_dask`; :meth:`build_levels`
     then fills levels 1..n and :meth:`finish` writes the metadata that makes the group an
     OME-Zarr image.

@@ -127,7 +127,8 @@ class ShardWriter:
         ----------
         level
             Pyramid level (0 for data; higher levels are normally made by
-            :meth:`build_levels` or a :class:`PyramidAssembler`).
+            :meth:`~cachetree.images.pyramid.ImageWriter.build_levels` or a
+            :class:`~cachetree.images.pyramid.PyramidAssembler`).
         index
             Chunk index, one entry per axis (``(c, ty, tx)`` for ``cyx``).
         data
@@ -201,9 +202,9 @@ class ShardWriter:
     def write_shard(self, level: int, shard: Sequence[int], block: np.ndarray) -> list[str]:
         """Store one whole shard (zarr v2: chunk) from ``block``, its region of the level.
 
-        A shard's region is :meth:`LevelLayout.shard_region`; chunks are encoded here and
-        the shard replaces whatever was stored. Returns the path stored (none when every
-        chunk holds only the fill value).
+        A shard's region is :meth:`~cachetree.images.layout.LevelLayout.shard_region`;
+        chunks are encoded here and the shard replaces whatever was stored. Returns the path
+        stored (none when every chunk holds only the fill value).
         """
         layout = self.levels[level]
         block = np.asarray(block)
