@@ -90,7 +90,6 @@ nitpick_ignore_regex: list[tuple[str, str]] = [
 ]
 
 
-
 # -- attribute and property docstrings --------------------------------------------------
 # napoleon reads the first line of an attribute or property docstring as "type: text" when it
 # holds a colon ("Counters: spill events, ..." would render with the type "Counters"). Our

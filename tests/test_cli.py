@@ -66,6 +66,20 @@ def test_info_and_commit(tree):
     assert tree.node("half").status is Status.COMMITTED
 
 
+def test_info_names_the_ome_ngff_version_of_each_image(tmp_path):
+    import numpy as np
+
+    tree = CacheTree(tmp_path / "root", ngff_format="0.4")
+    with tree.node("images") as node:
+        node.save_image("old", np.zeros((8, 8), np.uint8))
+        node.save_image("new", np.zeros((8, 8), np.uint8), format="0.5")
+    out = cli("info", node.url)
+    assert out.returncode == 0, out.stderr
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if ".ome.zarr" in line}
+    assert lines["old.ome.zarr"].endswith("OME-NGFF 0.4")
+    assert lines["new.ome.zarr"].endswith("OME-NGFF 0.5")
+
+
 def test_clean_dry_run_then_clean(tree):
     leftover = tree.node("crash").open()
     leftover.save_text("junk", "y" * 4096)

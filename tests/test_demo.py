@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cachetree.canvas.view import canvas_state
 from cachetree.demo import DemoParams, load_sample_image, patch_boxes, patch_model, run_demo
+from tests.images.test_ngff_formats import assert_valid
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +34,17 @@ def test_every_step_is_a_committed_node(demo):
     kinds = {info.path: info.kind for info in tree.walk()}
     assert kinds["density"] == "node: image, json, log, plot"
     assert kinds["nuclei"] == "node: image, log"  # the labels are stored under the image
+
+
+def test_every_image_validates_as_ome_ngff_0_5(demo):
+    tree, _ = demo
+    images = sorted(Path(tree.root.path).rglob("*.ome.zarr"))
+    assert {p.name for p in images} >= {"ihc.ome.zarr", "stains.ome.zarr", "density.ome.zarr"}
+    for image in images:
+        assert_valid(image, "0.5")
+    assert_valid(
+        Path(tree.root.path) / "nuclei/hematoxylin.ome.zarr/labels/nuclei", "0.5", labels=True
+    )
 
 
 def test_model_canvas_spilled_and_matches_a_dense_merge(demo):

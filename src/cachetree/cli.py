@@ -82,8 +82,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print("items:")
     for name, item in sorted(manifest.items.items()):
         shape = f" {tuple(item['shape'])} {item.get('dtype', '')}" if "shape" in item else ""
+        ngff = f" OME-NGFF {item['ngff']}" if "ngff" in item else ""
         print(
-            f"  {name:<30} {item.get('kind', '?'):<8} {format_bytes(item.get('bytes')):>10}{shape}"
+            f"  {name:<30} {item.get('kind', '?'):<8} {format_bytes(item.get('bytes')):>10}"
+            f"{shape}{ngff}"
         )
     return 0
 

@@ -13,8 +13,8 @@ from cachetree.images.ngff import open_image, write_image
 from cachetree.images.pyramid import ImageWriter
 
 
-def _streamed(loc: Location, data: np.ndarray, chunk: int) -> None:
-    writer = ImageWriter.create(loc, data.shape, data.dtype, chunk=chunk, min_size=16)
+def _streamed(loc: Location, data: np.ndarray, chunk: int, fmt: str) -> None:
+    writer = ImageWriter.create(loc, data.shape, data.dtype, chunk=chunk, min_size=16, format=fmt)
     for ty in range(-(-data.shape[0] // chunk)):
         for tx in range(-(-data.shape[1] // chunk)):
             block = data[ty * chunk : (ty + 1) * chunk, tx * chunk : (tx + 1) * chunk]
@@ -23,8 +23,9 @@ def _streamed(loc: Location, data: np.ndarray, chunk: int) -> None:
     writer.finish(low=data.min(), high=data.max())
 
 
+@pytest.mark.parametrize("fmt", ["0.5", "0.4"])
 @pytest.mark.parametrize("dtype", ["bool", "uint8", "uint16", "float32"])
-def test_every_writer_gives_the_same_pyramid(tmp_path, dtype):
+def test_every_writer_gives_the_same_pyramid(tmp_path, dtype, fmt):
     rng = np.random.default_rng(7)
     data = (rng.random((101, 77)) * (1 if dtype in ("bool", "float32") else 200)).astype(dtype)
     if dtype == "bool":
@@ -33,8 +34,8 @@ def test_every_writer_gives_the_same_pyramid(tmp_path, dtype):
         Location.from_url(tmp_path / "whole"),
         Location.from_url(tmp_path / "streamed"),
     )
-    write_image(whole, data, chunks=32, min_size=16)
-    _streamed(streamed, data, chunk=32)
+    write_image(whole, data, chunks=32, min_size=16, format=fmt)
+    _streamed(streamed, data, chunk=32, fmt=fmt)
     a, b = open_image(whole), open_image(streamed)
     assert [lvl.shape for lvl in a] == [lvl.shape for lvl in b] and len(a) >= 3
     for level_a, level_b in zip(a, b, strict=True):
@@ -42,5 +43,6 @@ def test_every_writer_gives_the_same_pyramid(tmp_path, dtype):
     codecs = []
     for loc in (whole, streamed):
         meta = zarr.open_array(loc.raw_child("1").zarr_store(read_only=True), mode="r").metadata
-        codecs.append(json.dumps(meta.to_dict().get("compressor"), sort_keys=True))
+        layout = meta.to_dict()
+        codecs.append(json.dumps(layout.get("codecs", layout.get("compressor")), sort_keys=True))
     assert codecs[0] == codecs[1] and '"lz4"' in codecs[0]

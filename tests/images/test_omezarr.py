@@ -44,7 +44,14 @@ def _expected_next(level: np.ndarray) -> np.ndarray:
 
 
 def _attrs(path) -> dict:
+    """The group attributes of either version, with the OME part at the top as in 0.4."""
+    if (path / "zarr.json").is_file():
+        attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+        return {**attrs, **attrs.pop("ome")}
     return json.loads((path / ".zattrs").read_text())
+
+
+FORMATS = pytest.mark.parametrize("fmt", ["0.5", "0.4"])
 
 
 def _rng_data(shape, dtype) -> np.ndarray:
@@ -65,10 +72,12 @@ def _rng_data(shape, dtype) -> np.ndarray:
         ((2, 2, 2, 21, 37), np.int16, "tczyx"),
     ],
 )
-def test_image_round_trip(tmp_path, shape, dtype, axes):
+@FORMATS
+def test_image_round_trip(tmp_path, shape, dtype, axes, fmt):
     data = _rng_data(shape, dtype)
     path = tmp_path / "img.ome.zarr"
-    info = write_image(path, data, chunks=8, min_size=8)
+    info = write_image(path, data, chunks=8, min_size=8, format=fmt)
+    assert info.version == fmt
 
     assert info.axes == tuple(axes)
     assert info.shape == shape
@@ -93,17 +102,18 @@ def test_image_round_trip(tmp_path, shape, dtype, axes):
 
 
 @pytest.mark.parametrize(("shape", "axes"), [((37, 50), "yx"), ((3, 41, 29), "zyx")])
-def test_labels_round_trip_uses_nearest(tmp_path, shape, axes):
+@FORMATS
+def test_labels_round_trip_uses_nearest(tmp_path, shape, axes, fmt):
     rng = np.random.default_rng(1)
     data = rng.integers(0, 5, shape).astype(np.uint32)
     path = tmp_path / "seg.ome.zarr"
-    info = write_image(path, data, labels=True, chunks=8, min_size=8)
+    info = write_image(path, data, labels=True, chunks=8, min_size=8, format=fmt)
 
     assert info.labels
     assert info.axes == tuple(axes)
     assert info.contrast_limits is None
     attrs = _attrs(path)
-    assert attrs["image-label"]["version"] == "0.4"
+    assert attrs["image-label"]["version"] == fmt
     assert "omero" not in attrs
     assert attrs["multiscales"][0]["type"] == "nearest"
     for k, level in enumerate(open_image(path)):
@@ -117,9 +127,15 @@ def test_default_axes_and_chunks(tmp_path):
     z1 = zarr.open_array(str(tmp_path / "a.zarr" / "1"), mode="r")
     assert z0.chunks == (1, 512, 512)
     assert z1.chunks == (1, 300, 512)
-    assert z0.metadata.zarr_format == 2
-    assert z0.metadata.dimension_separator == "/"
-    assert z0.metadata.compressor.cname == "lz4"  # the one image policy (images.policy)
+    assert z0.metadata.zarr_format == 3
+    assert z0.shards == (1, 512, 1536)  # one row of the 3 chunks across
+    assert z0.metadata.dimension_names == ("c", "y", "x")
+    assert z0.metadata.codecs[0].codecs[-1].cname.value == "lz4"  # images.policy
+    write_image(tmp_path / "v2.zarr", np.zeros((3, 600, 1100), np.uint8), format="0.4")
+    v2 = zarr.open_array(str(tmp_path / "v2.zarr" / "0"), mode="r")
+    assert v2.metadata.zarr_format == 2 and v2.chunks == (1, 512, 512)
+    assert v2.metadata.dimension_separator == "/"
+    assert v2.metadata.compressor.cname == "lz4"
     assert write_image(tmp_path / "l.zarr", np.zeros((2, 9, 9), np.int32), labels=True).axes == (
         "z",
         "y",
@@ -221,28 +237,32 @@ def test_channel_colours_follow_colour_names(tmp_path, names, dtype, colours, fu
 
 
 # -- metadata ---------------------------------------------------------------------------------
-def test_multiscales_metadata(tmp_path):
+@FORMATS
+def test_multiscales_metadata(tmp_path, fmt):
     path = tmp_path / "img.zarr"
     write_image(
         path,
         np.zeros((2, 5, 40, 40), np.uint8),
         scale=(2.0, 0.5, 0.25),
         translation=(10.0, 20.0, 30.0),
+        units="um",
         min_size=10,
         name="my image",
         extra_attrs={"cachetree": {"kind": "image"}},
+        format=fmt,
     )
     attrs = _attrs(path)
     assert attrs["cachetree"] == {"kind": "image"}
     (ms,) = attrs["multiscales"]
-    assert ms["version"] == "0.4"
+    assert ms.get("version") == ("0.4" if fmt == "0.4" else None)
+    assert attrs.get("version") == ("0.5" if fmt == "0.5" else None)
     assert ms["name"] == "my image"
     assert ms["type"] == "mean"
     assert ms["axes"] == [
         {"name": "c", "type": "channel"},
-        {"name": "z", "type": "space"},
-        {"name": "y", "type": "space"},
-        {"name": "x", "type": "space"},
+        {"name": "z", "type": "space", "unit": "micrometer"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
     ]
     assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
     level2 = ms["datasets"][2]["coordinateTransformations"]
@@ -252,7 +272,22 @@ def test_multiscales_metadata(tmp_path):
     info = read_image(path)
     assert info.scale == (1.0, 2.0, 0.5, 0.25)
     assert info.translation == (0.0, 10.0, 20.0, 30.0)
-    assert info.name == "my image"
+    assert info.units == (None, "micrometer", "micrometer", "micrometer")
+    assert info.name == "my image" and info.version == fmt
+
+
+def test_units_per_axis_and_bad_units(tmp_path):
+    info = write_image(
+        tmp_path / "t.zarr",
+        np.zeros((3, 8, 8), np.uint8),
+        axes="tyx",
+        units={"t": "s", "y": "nanometer", "x": "nanometer"},
+    )
+    assert info.units == ("second", "nanometer", "nanometer")
+    with pytest.raises(InvalidDataError, match="not an OME-NGFF unit"):
+        write_image(tmp_path / "b.zarr", np.zeros((8, 8), np.uint8), units="furlong")
+    with pytest.raises(InvalidDataError, match="OME-NGFF format"):
+        write_image(tmp_path / "b.zarr", np.zeros((8, 8), np.uint8), format="0.3")
 
 
 def test_replaces_existing_image_and_leaves_no_temp(tmp_path):
@@ -260,7 +295,7 @@ def test_replaces_existing_image_and_leaves_no_temp(tmp_path):
     write_image(path, np.ones((64, 64), np.uint8), min_size=8)
     info = write_image(path, np.full((20, 20), 3, np.uint8), min_size=64)
     assert info.levels == [(20, 20)]
-    assert sorted(p.name for p in path.iterdir()) == [".zattrs", ".zgroup", "0"]
+    assert sorted(p.name for p in path.iterdir()) == ["0", "zarr.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["img.zarr"]
     assert int(open_image(path)[0].max().compute()) == 3
 
@@ -290,7 +325,7 @@ def test_memory_url_round_trip(capsys):
     data = _rng_data((2, 50, 37), np.uint16)
     try:
         info = write_image(url, data, chunks=16, min_size=16, progress=True)
-        assert "34/34" in capsys.readouterr().err  # the progress bar counted every chunk
+        assert "8/8" in capsys.readouterr().err  # every level-0 shard: 2 channels x 4 rows
         assert info.url == url.replace("memory://", "memory:///")
         assert info.levels == [(2, 50, 37), (2, 25, 19), (2, 13, 10)]
         assert is_ome_zarr(url)
@@ -306,13 +341,14 @@ def test_memory_url_round_trip(capsys):
 
 
 # -- other readers ----------------------------------------------------------------------------
-def test_ome_zarr_py_reader(tmp_path):
+@FORMATS
+def test_ome_zarr_py_reader(tmp_path, fmt):
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Multiscales, Reader
 
     data = _rng_data((2, 3, 40, 33), np.uint16)
     path = tmp_path / "img.zarr"
-    write_image(path, data, chunks=16, min_size=16, channel_names=["dapi", "gfp"])
+    write_image(path, data, chunks=16, min_size=16, channel_names=["dapi", "gfp"], format=fmt)
 
     nodes = list(Reader(parse_url(str(path)))())
     assert len(nodes) == 1
@@ -329,12 +365,13 @@ def test_ome_zarr_py_reader(tmp_path):
     ]
 
 
-def test_napari_ome_zarr_reader_image(tmp_path):
+@FORMATS
+def test_napari_ome_zarr_reader_image(tmp_path, fmt):
     import napari_ome_zarr
 
     data = _rng_data((2, 40, 33), np.float32)
     path = tmp_path / "img.zarr"
-    write_image(path, data, chunks=16, min_size=16, scale=(0.5, 0.5))
+    write_image(path, data, chunks=16, min_size=16, scale=(0.5, 0.5), units="um", format=fmt)
 
     reader = napari_ome_zarr.napari_get_reader(str(path))
     assert callable(reader)
@@ -345,18 +382,20 @@ def test_napari_ome_zarr_reader_image(tmp_path):
     np.testing.assert_array_equal(np.asarray(arrays[0]), data)
     assert meta["channel_axis"] == 0
     assert meta["scale"] == [0.5, 0.5]
+    assert meta["units"] == ("micrometer", "micrometer")
     np.testing.assert_allclose(
         meta["contrast_limits"], [[data[c].min(), data[c].max()] for c in range(2)], rtol=1e-6
     )
 
 
-def test_napari_ome_zarr_reader_labels(tmp_path):
+@FORMATS
+def test_napari_ome_zarr_reader_labels(tmp_path, fmt):
     import napari_ome_zarr
 
     data = np.random.default_rng(3).integers(0, 9, (3, 40, 33)).astype(np.uint16)
     # the reader looks for a parent image two directories up: keep that inside tmp_path
     path = tmp_path / "image" / "labels" / "seg.zarr"
-    write_image(path, data, labels=True, chunks=16, min_size=16)
+    write_image(path, data, labels=True, chunks=16, min_size=16, format=fmt)
 
     (layer,) = napari_ome_zarr.napari_get_reader(str(path))(str(path))
     arrays, meta, layer_type = layer

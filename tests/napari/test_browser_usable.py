@@ -105,7 +105,7 @@ def test_a_row_that_cannot_be_opened_says_so_in_the_status_line(
 ):
     browser.row("segment").setExpanded(True)
     wait_idle(qtbot, browser)
-    (tree_root / "segment" / "probability.ome.zarr" / ".zattrs").unlink()  # damaged meanwhile
+    (tree_root / "segment" / "probability.ome.zarr" / "zarr.json").unlink()  # damaged meanwhile
     browser.select("segment", "probability.ome.zarr")
     qtbot.keyClick(browser.tree, Qt.Key.Key_Return)
     wait_idle(qtbot, browser)

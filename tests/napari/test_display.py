@@ -43,8 +43,8 @@ def _block_colours(viewer, shot) -> dict[tuple[int, int], np.ndarray]:
 
 def test_omero_colours_of_rgb_channels_are_the_true_ones(rgb_node):
     node, _ = rgb_node
-    attrs = json.loads(Path(node.item("slide.ome.zarr").path, ".zattrs").read_text())
-    channels = attrs["omero"]["channels"]
+    attrs = json.loads(Path(node.item("slide.ome.zarr").path, "zarr.json").read_text())
+    channels = attrs["attributes"]["ome"]["omero"]["channels"]  # OME-NGFF 0.5
     assert [ch["color"] for ch in channels] == ["FF0000", "00FF00", "0000FF"]
     # the display window is the full uint8 range: no channel is stretched on its own
     assert [(ch["window"]["start"], ch["window"]["end"]) for ch in channels] == [(0, 255)] * 3

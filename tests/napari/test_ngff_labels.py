@@ -23,12 +23,12 @@ def _labels() -> dict[str, np.ndarray]:
     return {"cells": cells, "nuclei": nuclei}
 
 
-@pytest.fixture
-def labelled(tmp_path) -> Path:
-    """A node with an RGB image and two labels under it; the labels' own node beside it."""
+@pytest.fixture(params=["0.5", "0.4"])
+def labelled(tmp_path, request) -> Path:
+    """A node with an RGB image and two labels under it, in either OME-NGFF version."""
     rgb = np.full((3, 64, 96), 200, np.uint8)
     rgb[0, :, :48] = 30
-    tree = CacheTree(tmp_path / "tree")
+    tree = CacheTree(tmp_path / "tree", ngff_format=request.param)
     with tree.node("segment", params={"threshold": 0.5}) as node:
         node.save_image("slide", rgb, channel_names=["red", "green", "blue"], scale=(0.5, 0.5))
         for name, labels in _labels().items():
@@ -48,13 +48,21 @@ def _hashes(root: Path) -> dict[str, str]:
     }
 
 
+def _ome(group: Path) -> dict:
+    """The OME attributes of a group: under ``ome`` in zarr.json (0.5) or .zattrs (0.4)."""
+    if (group / "zarr.json").is_file():
+        ome = json.loads((group / "zarr.json").read_text())["attributes"]["ome"]
+        assert ome.pop("version") == "0.5"
+        return ome
+    assert (group / ".zgroup").is_file()
+    return json.loads((group / ".zattrs").read_text())
+
+
 def test_labels_are_stored_under_their_image_as_ngff_says(labelled):
     image = labelled / "slide.ome.zarr"
-    group = json.loads((image / "labels" / ".zattrs").read_text())
-    assert group == {"labels": ["cells", "nuclei"]}
-    assert (image / "labels" / ".zgroup").is_file()
+    assert _ome(image / "labels") == {"labels": ["cells", "nuclei"]}
     for name in ("cells", "nuclei"):
-        attrs = json.loads((image / "labels" / name / ".zattrs").read_text())
+        attrs = _ome(image / "labels" / name)
         assert attrs["image-label"]["source"] == {"image": "../../"}
         scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
         assert scale == {"type": "scale", "scale": [0.5, 0.5]}  # the image's pixel size
@@ -113,3 +121,28 @@ def test_opening_with_other_readers_leaves_the_tree_byte_identical(make_napari_v
         viewer.layers.clear()
     assert _hashes(root) == before
     assert not (root / "zarr.json").exists() and not (labelled / "zarr.json").exists()
+
+
+def test_images_of_two_resolutions_overlay_in_physical_units(make_napari_viewer, tmp_path):
+    """A 0.25 um image and a canvas at 4x its pixel size cover the same micrometres."""
+    from cachetree.canvas import Canvas
+
+    tree = CacheTree(tmp_path / "tree")
+    with tree.node("slide") as node:
+        node.save_image("stain", np.zeros((128, 160), np.uint8), scale=(0.25, 0.25), units="um")
+        canvas = Canvas(
+            node, (32, 40), {"prob": 1}, tile=16, pixel_size=0.25, units="um", output_stride=4
+        )
+        canvas.add({"prob": np.ones((1, 32, 40, 1), np.float32)}, [[0, 0, 40, 32]])
+        canvas.finalize()
+    viewer = make_napari_viewer()
+    layers = {
+        layer.name: layer for layer in viewer.open(str(node.location.path), plugin="cachetree")
+    }
+    stain, prob = layers["slide:stain"], layers["slide:prob"]
+    np.testing.assert_allclose(stain.scale, [0.25, 0.25])
+    np.testing.assert_allclose(prob.scale, [1.0, 1.0])
+    assert [str(u) for u in stain.units] == [str(u) for u in prob.units] == ["micrometer"] * 2
+    for layer in (stain, prob):  # both span 32 x 40 micrometres
+        (y0, x0), (y1, x1) = layer.extent.world
+        assert (y1 - y0, x1 - x0) == pytest.approx((32.0, 40.0), abs=1.0)

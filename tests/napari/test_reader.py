@@ -23,12 +23,15 @@ def test_unrelated_paths_are_rejected_quickly_and_never_raise(tmp_path):
     )
     (tmp_path / "bad.zarr").mkdir()
     (tmp_path / "bad.zarr" / ".zattrs").write_text("{not json")
+    (tmp_path / "bad3.zarr").mkdir()
+    (tmp_path / "bad3.zarr" / "zarr.json").write_text("{not json")
     candidates = [
         plain,
         str(plain / "notes.txt"),
         str(tmp_path / "missing"),
         str(tmp_path / "plain.zarr"),
         str(tmp_path / "bad.zarr"),
+        str(tmp_path / "bad3.zarr"),
         [str(plain), str(plain)],
         [],
         None,
@@ -139,8 +142,8 @@ def test_a_manifest_file_opens_its_node(make_napari_viewer, tree_root):
 
 def test_an_unreadable_item_is_reported_and_the_rest_still_opens(make_napari_viewer, tree_root):
     viewer = make_napari_viewer()
-    attrs = tree_root / "segment" / "probability.ome.zarr" / "0" / ".zarray"
-    attrs.write_text("{broken")
+    level0 = tree_root / "segment" / "probability.ome.zarr" / "0"
+    (level0 / "zarr.json").write_text("{broken")  # the array metadata of OME-NGFF 0.5
     with pytest.warns(UserWarning, match="cannot show segment:probability"):
         layers = viewer.open(str(tree_root), plugin="cachetree")
     names = [layer.name for layer in layers]

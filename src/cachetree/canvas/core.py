@@ -79,6 +79,10 @@ class Canvas(CanvasBase):
         Optional head name to channel names, stored in the OME-Zarr metadata.
     min_size
         The pyramid stops once the larger of height and width is at most this.
+    pixel_size, units, output_stride
+        Physical pixel size of the model's input, its unit and the input pixels per canvas
+        pixel (see :class:`~cachetree.canvas.CanvasSpec`): the output images get the scale
+        ``pixel_size * output_stride`` in ``units``.
     workers
         Threads encoding and writing output chunks.
     progress
@@ -134,6 +138,9 @@ class Canvas(CanvasBase):
         resume: bool = False,
         channel_names: Mapping[str, Sequence[str]] | None = None,
         min_size: int = 256,
+        pixel_size: float | tuple[float, float] | None = None,
+        units: str | None = None,
+        output_stride: float | tuple[float, float] = 1,
         workers: int = 2,
         progress: bool = False,
         role: Role = "canvas",
@@ -162,6 +169,9 @@ class Canvas(CanvasBase):
             fill_value=fill_value,
             channel_names=channel_names,
             min_size=min_size,
+            pixel_size=pixel_size,
+            units=units,
+            output_stride=output_stride,
         )
         if checkpoint_every is not None and (
             isinstance(checkpoint_every, bool)
@@ -183,7 +193,7 @@ class Canvas(CanvasBase):
         )
         self._parts_root = parts_location(self._loc)
         self._staging = self._parts_root.raw_child(STAGING)
-        self._rows = RowWriter(self._staging, spec, self._pool)
+        self._rows = RowWriter(self._staging, spec, self._pool, node.ngff_format)
         self._checkpoint: PartInfo | None = None
         try:
             if adopt is not None:

@@ -77,8 +77,11 @@ class RowWriter:
     and at the end builds the pyramids and publishes the images into the node.
     """
 
-    def __init__(self, staging: Location, spec: CanvasSpec, pool: BoundedPool):
+    def __init__(
+        self, staging: Location, spec: CanvasSpec, pool: BoundedPool, ngff_format: str | None = None
+    ):
         self._staging = staging
+        self._format = ngff_format
         self._spec = spec
         self._pool = pool
         self._images: dict[str, ImageWriter] = {}
@@ -105,6 +108,7 @@ class RowWriter:
                 chunk=spec.tile,
                 fill_value=fill,
                 min_size=spec.min_size,
+                format=self._format,
             )
         self._assemblers = {name: PyramidAssembler(img) for name, img in self._images.items()}
         self._write_progress(0)
@@ -119,13 +123,7 @@ class RowWriter:
             )
             self._images[name] = image
             # rows the killed run wrote after its checkpoint are not covered: clear them
-            level0 = image.location.raw_child("0")
-            for ty in range(rows_final, self._spec.grid[0]):
-                if head.channels == 1:
-                    level0.raw_child(str(ty)).remove()
-                else:
-                    for c in range(head.channels):
-                        level0.raw_child(str(c)).raw_child(str(ty)).remove()
+            image.clear_rows(0, rows_final)
         self._write_progress(rows_final)
 
     def _write_progress(self, rows: int) -> None:
@@ -161,11 +159,14 @@ class RowWriter:
                     value = float(np.asarray(fill).astype(head.dtype))
                     np.fmin(self._low[name], value, out=self._low[name])
                     np.fmax(self._high[name], value, out=self._high[name])
-        if self._assemblers is not None:
-            for name, head in self._spec.heads.items():
-                for c in range(head.channels):
-                    index = (c, ty, tx) if head.channels > 1 else (ty, tx)
+        paths = []
+        for name, head in self._spec.heads.items():
+            for c in range(head.channels):
+                index = (c, ty, tx) if head.channels > 1 else (ty, tx)
+                paths += self._images[name].write_chunk(0, index, None)
+                if self._assemblers is not None:
                     self._assemblers[name].add(0, index, None)
+        self._record(paths)
 
     def end_row(self, ty: int, futures: list[concurrent.futures.Future[None]]) -> None:
         """Every tile of row ``ty`` was handed over; ``futures`` are its writes."""
@@ -197,14 +198,19 @@ class RowWriter:
         assembler = self._assemblers[name] if self._assemblers is not None else None
         for c in range(channels):
             index = (c, ty, tx) if len(image.axes) == 3 else (ty, tx)
-            paths.append(image.write_chunk(0, index, out[c]))
+            paths += image.write_chunk(0, index, out[c])
             lows[c], highs[c] = finite_range(out[c])
             if assembler is not None:
                 assembler.add(0, index, out[c])
         with self._lock:
             np.fmin(self._low[name], lows, out=self._low[name])
             np.fmax(self._high[name], highs, out=self._high[name])
-            if image.location.is_local:
+        self._record(paths)
+
+    def _record(self, paths: list[str]) -> None:
+        """Remember level-0 files written, for the next checkpoint's fsync."""
+        if paths and self._staging.is_local:
+            with self._lock:
                 self._written += paths
 
     # -- state for checkpoints ------------------------------------------------------------
@@ -241,6 +247,8 @@ class RowWriter:
                 high=high if len(high) > 1 else high[0],
                 name=name,
                 channel_names=self._spec.channel_names.get(name) if len(low) > 1 else None,
+                scale=self._spec.scale,
+                units=self._spec.units,
             )
         for name, image in self._images.items():
             target = node.item(f"{name}.ome.zarr")

@@ -20,6 +20,7 @@ import psutil
 
 from ..errors import DTypeMismatchError, InvalidDataError, KeyLookupError, ShapeMismatchError
 from ..fs.location import validate_name
+from ..images.metadata import check_units
 
 __all__ = [
     "SPEC_VERSION",
@@ -104,6 +105,16 @@ class CanvasSpec:
         Optional head name to channel names, stored in the OME-Zarr metadata.
     min_size
         The pyramid stops once the larger of height and width is at most this.
+    pixel_size
+        Physical size of one pixel of the input the model reads (one value, or ``(y, x)``),
+        e.g. the ``scale`` of the input image's ``y`` and ``x`` axes.
+    units
+        Unit of ``pixel_size`` (an OME-NGFF name such as ``"micrometer"``; ``"um"`` is
+        spelled out).
+    output_stride
+        Input pixels per canvas pixel along y and x (one value, or ``(y, x)``): 1 when the
+        model's outputs have the input's resolution, 4 when they are 4 times coarser. The
+        output images' pixel size (:attr:`scale`) is ``pixel_size * output_stride``.
     """
 
     shape: tuple[int, int]
@@ -115,6 +126,9 @@ class CanvasSpec:
     fill_value: float = 0.0
     channel_names: Mapping[str, Sequence[str]] | None = None
     min_size: int = 256
+    pixel_size: float | tuple[float, float] | None = None
+    units: str | None = None
+    output_stride: float | tuple[float, float] = 1
 
     def __post_init__(self) -> None:
         field = self._set
@@ -142,9 +156,22 @@ class CanvasSpec:
         min_size = self.min_size
         if isinstance(min_size, bool) or not isinstance(min_size, int) or min_size < 1:
             raise InvalidDataError(f"min_size must be a positive integer, got {min_size!r}")
+        stride = _pair(self.output_stride, "output_stride")
+        field("output_stride", stride)
+        if self.pixel_size is not None:
+            field("pixel_size", _pair(self.pixel_size, "pixel_size"))
+        if self.units is not None:
+            field("units", check_units(self.units, ("y", "x"))[0])
 
     def _set(self, name: str, value: Any) -> None:
         object.__setattr__(self, name, value)
+
+    @property
+    def scale(self) -> tuple[float, float] | None:
+        """Physical ``(y, x)`` size of one canvas pixel: ``pixel_size * output_stride``."""
+        if self.pixel_size is None:
+            return None
+        return tuple(p * s for p, s in zip(self.pixel_size, self.output_stride, strict=True))
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -167,13 +194,17 @@ class CanvasSpec:
             "fill_value": self.fill_value,
             "channel_names": self.channel_names,
             "min_size": self.min_size,
+            "pixel_size": self.pixel_size,
+            "units": self.units,
+            "output_stride": self.output_stride,
         }
 
     def to_json(self) -> dict[str, Any]:
         """The JSON form stored with every part and in ``canvas.json``.
 
         A weights array is stored as its shape and a digest; channel names and the minimum
-        pyramid size are not part of it (they change no merged value).
+        pyramid size are not part of it (they change no merged value). The physical pixel
+        size of the canvas (``scale``, ``units``) is, when given.
         """
         if isinstance(self.weights, str):
             weights = self.weights
@@ -192,6 +223,8 @@ class CanvasSpec:
             "order": self.order,
             "nan_policy": self.nan_policy,
             "fill_value": fill if math.isfinite(fill) else repr(fill),
+            **({"scale": list(self.scale)} if self.scale is not None else {}),
+            **({"units": self.units} if self.units is not None else {}),
         }
 
     @classmethod
@@ -214,6 +247,8 @@ class CanvasSpec:
             fill_value=float(canvas["fill_value"]),
             channel_names=channel_names,
             min_size=min_size,
+            pixel_size=tuple(canvas["scale"]) if "scale" in canvas else None,  # type: ignore[arg-type]
+            units=canvas.get("units"),
         )
 
 
@@ -309,6 +344,17 @@ def parse_memory_budget(budget: int | str | None) -> int:
         f"memory_budget {budget!r} is not understood: give bytes (int), a size such as "
         "'512MiB' or '2GB', or a share of RAM such as '25%'"
     )
+
+
+def _pair(value: Any, what: str) -> tuple[float, float]:
+    """A positive finite ``(y, x)`` pair from one number or two."""
+    try:
+        pair = (float(value),) * 2 if np.isscalar(value) else tuple(float(v) for v in value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidDataError(f"{what} must be a number or (y, x), got {value!r}") from exc
+    if len(pair) != 2 or not all(0 < v < math.inf for v in pair):
+        raise InvalidDataError(f"{what} must be one or two positive numbers, got {value!r}")
+    return pair  # type: ignore[return-value]
 
 
 def _head_spec(name: str, value: Any) -> HeadSpec:

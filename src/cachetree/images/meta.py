@@ -13,7 +13,7 @@ from typing import Any
 
 from ..fs.location import Location
 
-__all__ = ["LABELS_GROUP", "label_names", "zarr_attrs"]
+__all__ = ["LABELS_GROUP", "label_names", "ome_attrs", "zarr_attrs"]
 
 LABELS_GROUP = "labels"
 """Name of the group under an image that holds its label images (OME-NGFF)."""
@@ -41,9 +41,25 @@ def zarr_attrs(loc: Location) -> tuple[str | None, dict[str, Any], dict[str, Any
     return None, {}, None
 
 
+def ome_attrs(attrs: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The OME-NGFF part of a group's attributes and its version.
+
+    OME-NGFF 0.5 keeps it under ``ome`` with the version beside it; 0.4 keeps it at the top
+    level with the version inside each entry (``multiscales``, ``image-label``, ...).
+    """
+    ome = attrs.get("ome")
+    if isinstance(ome, dict):
+        return ome, str(ome.get("version", "0.5"))
+    for key in ("multiscales", "image-label", "plate", "well"):
+        entry = attrs.get(key)
+        entry = entry[0] if isinstance(entry, list) and entry else entry
+        if isinstance(entry, dict) and "version" in entry:
+            return attrs, str(entry["version"])
+    return attrs, "0.4"
+
+
 def label_names(image: Location | str | os.PathLike[str]) -> list[str]:
     """Names of the OME-NGFF labels stored under the image at ``image`` (reads one file)."""
     _, attrs, _ = zarr_attrs(Location.from_url(image).raw_child(LABELS_GROUP))
-    attrs = attrs.get("ome", attrs)
-    names = attrs.get("labels") if isinstance(attrs, dict) else None
+    names = ome_attrs(attrs)[0].get("labels")
     return [str(n) for n in names] if isinstance(names, list) else []

@@ -1,14 +1,17 @@
-"""One image policy for every OME-Zarr writer: the codec and the 2x2 downsampling.
+"""One image policy for every OME-Zarr image written: codec, shards and 2x2 downsampling.
 
-:func:`cachetree.images.ngff.write_image` (whole images) and
-:class:`cachetree.images.pyramid.ImageWriter` (images streamed chunk by chunk, as canvases
-write them) both take these, so the same data gives the same pyramid and the same bytes
-whichever path wrote it.
+Everything is written by :class:`cachetree.images.pyramid.ImageWriter` (whole images from
+:func:`cachetree.images.ngff.write_image`, images streamed chunk by chunk as canvases write
+them), with these choices, so the same data gives the same pyramid whichever caller wrote it.
 
 The codec is Blosc lz4 at level 5 (bit shuffle for 1-byte types, byte shuffle otherwise):
 measured on the demo's uint8 RGB image and on a float32 model head, it encodes 5 to 10 times
 faster than zstd at level 3 for 93 to 95 % of zstd's compression ratio, so it never slows a
 streaming merge.
+
+Shards (zarr format 3) are one chunk high and span up to :data:`SHARD_BYTES` of pixels
+across: a streaming writer fills them a row of chunks at a time and writes each shard once,
+whole, when its last chunk arrives, so a shard is never read back and rewritten.
 """
 
 from __future__ import annotations
@@ -16,13 +19,26 @@ from __future__ import annotations
 import numpy as np
 from numcodecs import Blosc
 
-__all__ = ["compressor", "downsample_2x2", "mean_2x2", "pick_2x2"]
+__all__ = ["SHARD_BYTES", "compressor", "downsample_2x2", "mean_2x2", "pick_2x2", "shard_shape"]
+
+SHARD_BYTES = 16 * 2**20
+"""Uncompressed bytes a shard spans at most (one chunk at least): 16 chunks of 512x512
+float32 pixels, 64 of uint8."""
 
 
 def compressor(dtype: np.dtype) -> Blosc:
     """The Blosc codec for pixels of ``dtype``."""
     shuffle = Blosc.BITSHUFFLE if np.dtype(dtype).itemsize == 1 else Blosc.SHUFFLE
     return Blosc(cname="lz4", clevel=5, shuffle=shuffle)
+
+
+def shard_shape(
+    shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype
+) -> tuple[int, ...]:
+    """Shard of a level: the chunk, widened along x to up to :data:`SHARD_BYTES`."""
+    chunk_bytes = np.dtype(dtype).itemsize * int(np.prod(chunks))
+    across = max(1, min(SHARD_BYTES // chunk_bytes, -(-shape[-1] // chunks[-1])))
+    return (*chunks[:-1], chunks[-1] * across)
 
 
 def mean_2x2(block: np.ndarray) -> np.ndarray:

@@ -1,24 +1,26 @@
-"""OME-Zarr images written chunk by chunk: level 0 from tiles, the pyramid from level 0.
+"""The one OME-Zarr writer: level 0 from chunks, regions or a dask array, then the pyramid.
 
-:func:`cachetree.images.ngff.write_image` needs the whole image as one (dask) array. A patch
-merger produces its result tile by tile instead, so :class:`ImageWriter` writes level 0
-one chunk at a time (from any thread, encoding chunks itself, so many chunks can be written
-in parallel without the zarr machinery in the way), then builds levels 1..n by reading back
-the level below, and finally adds the ``multiscales`` and ``omero`` metadata. The layout
-and metadata are the same as :func:`~cachetree.images.ngff.write_image` writes (OME-NGFF 0.4 on
-zarr format 2, ``/`` chunk separator, chunks of 1 along non-spatial axes), so the result
-opens with :func:`cachetree.images.ngff.open_image`, ``ome-zarr-py`` and napari.
+:class:`ImageWriter` writes every image cachetree stores: whole images
+(:func:`cachetree.images.ngff.write_image`, from a dask array), labels, and the heads of a
+canvas, whose level 0 arrives tile by tile from many threads. It encodes chunks itself
+(so many can be encoded in parallel without the zarr machinery in the way) and stores
+them in shards (:mod:`cachetree.images.layout`); zarr-python writes the array metadata and
+reads everything back. A shard is never read back and rewritten: chunks that arrive one at
+a time are appended, encoded, to a temp file (nothing is held in memory), and once the last
+one is there the index is added and the file goes into place in one step (a rename on
+local disk, one object put elsewhere). Levels 1..n are built from the level below
+(:meth:`ImageWriter.build_levels`) or while level 0 streams in
+(:class:`PyramidAssembler`); :meth:`ImageWriter.finish` adds the OME-NGFF metadata (0.5 on
+zarr v3, or 0.4 on zarr v2).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import math
-import os
-import posixpath
 import threading
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,29 +30,39 @@ from tqdm import tqdm
 
 from ..errors import InvalidDataError, NodeNotFoundError, ShapeMismatchError
 from ..fs.location import Location
-from . import ngff, policy
+from . import metadata as meta
+from . import policy
+from .layout import LevelLayout
+from .shards import ShardWriter
 
-__all__ = ["ImageWriter", "PyramidAssembler", "build_pyramid"]
+__all__ = ["ImageWriter", "PyramidAssembler", "build_pyramid", "finite_range"]
+
+_BARS: dict[str, tqdm] = {}
+"""Progress bars of the writes under way, by key: dask tasks look theirs up instead of
+carrying it, so they stay picklable; a task in another process finds none."""
 
 
-class ImageWriter:
-    """Writer of one OME-Zarr image whose level 0 arrives chunk by chunk.
+class ImageWriter(ShardWriter):
+    """Writer of one OME-Zarr image (or labels) and its pyramid.
 
     Make one with :meth:`create` (new image) or :meth:`open` (continue an image whose
-    level 0 is partly or fully written). :meth:`write_chunk` is thread safe; chunks may
-    arrive in any order. :meth:`build_levels` then fills levels 1..n from level 0 and
-    :meth:`finish` writes the metadata that makes the group an OME-Zarr image.
+    level 0 is partly or fully written). Level 0 is written with
+    :meth:`~cachetree.images.shards.ShardWriter.write_chunk` (any thread, any order),
+    :meth:`~cachetree.images.shards.ShardWriter.write_shard` (both from
+    :class:`~cachetree.images.shards.ShardWriter`) or :meth:`write_dask`; :meth:`build_levels`
+    then fills levels 1..n and :meth:`finish` writes the metadata that makes the group an
+    OME-Zarr image.
 
     Attributes
     ----------
     location
         The image group.
     axes
-        Axis names, ending with ``y, x``; other axes have chunk size 1.
-    shapes
-        Shape of every level, level 0 first.
-    chunk
-        Chunk edge in y and x.
+        Axis names, ending with ``y, x``.
+    levels
+        Layout of every level, level 0 first.
+    labels
+        Labels are downsampled by picking pixels, images by 2x2 means.
     """
 
     def __init__(
@@ -58,21 +70,12 @@ class ImageWriter:
         location: Location,
         *,
         axes: tuple[str, ...],
-        shapes: list[tuple[int, ...]],
-        dtype: np.dtype,
-        chunk: int,
-        fill_value: Any,
-        compressor: Blosc,
+        levels: list[LevelLayout],
+        labels: bool = False,
+        existing: bool = False,
     ):
-        self.location = location
-        self.axes = axes
-        self.shapes = shapes
-        self.dtype = np.dtype(dtype)
-        self.chunk = chunk
-        self.fill_value = fill_value
-        self.compressor = compressor
-        self._made_dirs: set[str] = set()
-        self._dir_lock = threading.Lock()
+        super().__init__(location, axes=axes, levels=levels, existing=existing)
+        self.labels = labels
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -83,11 +86,13 @@ class ImageWriter:
         dtype: Any,
         *,
         axes: str | Sequence[str] | None = None,
-        chunk: int = ngff.DEFAULT_TILE,
+        chunk: int | Sequence[int] = meta.DEFAULT_TILE,
         fill_value: float | int = 0,
         min_size: int = 256,
         max_levels: int | None = None,
         compressor: Blosc | None = None,
+        labels: bool = False,
+        format: str | None = None,
     ) -> ImageWriter:
         """Create an empty image group with every pyramid level (replacing what was there).
 
@@ -98,11 +103,12 @@ class ImageWriter:
         shape
             Level-0 shape; the last two axes are y and x.
         dtype
-            Pixel type (bool, integer or float).
+            Pixel type (bool, integer or float; integer for labels).
         axes
-            Axis names as for :func:`cachetree.images.ngff.write_image` (default by ``len(shape)``).
+            Axis names as for :func:`cachetree.images.ngff.write_image` (default by
+            ``len(shape)``).
         chunk
-            Chunk edge in y and x.
+            Chunk edge in y and x (1 along the other axes), or a full chunk shape.
         fill_value
             Value of chunks never written.
         min_size, max_levels
@@ -110,6 +116,11 @@ class ImageWriter:
             are ``max_levels`` levels.
         compressor
             Blosc compressor (default: :func:`cachetree.images.policy.compressor`).
+        labels
+            A label image: pyramid by picking pixels, ``image-label`` metadata.
+        format
+            OME-NGFF version: ``"0.5"`` (zarr v3 with shards, the default) or ``"0.4"``
+            (zarr v2).
         """
         loc = Location.from_url(location)
         dtype = np.dtype(dtype)
@@ -118,37 +129,32 @@ class ImageWriter:
             raise ShapeMismatchError(
                 f"image shape {shape_t} must have 2 to 5 axes, each at least 1 long"
             )
-        axes_t = ngff.check_axes(axes, len(shape_t), False)
-        ngff.check_dtype(dtype, False)
-        if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
-            raise InvalidDataError(f"chunk must be a positive integer, got {chunk!r}")
+        axes_t = meta.check_axes(axes, len(shape_t), labels)
+        meta.check_dtype(dtype, labels)
+        version = meta.check_format(format)
+        chunks = _chunk_shape(axes_t, chunk)
         if min_size < 1 or (max_levels is not None and max_levels < 1):
             raise InvalidDataError(
                 f"min_size ({min_size}) and max_levels ({max_levels}) must be at least 1"
             )
-        shapes = ngff.level_shapes(shape_t, min_size, max_levels)
-        compressor = compressor or policy.compressor(dtype)
-        loc.remove()
-        group = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=2)
-        for index, level_shape in enumerate(shapes):
-            group.create_array(
+        levels = [
+            LevelLayout.plan(
                 str(index),
-                shape=level_shape,
-                chunks=_chunks(level_shape, chunk),
+                level_shape,
+                chunks,
                 dtype=dtype,
-                compressors=compressor,
-                chunk_key_encoding={"name": "v2", "separator": "/"},
                 fill_value=fill_value,
+                zarr_format=meta.zarr_format_of(version),
+                dimension_names=axes_t,
+                codec=compressor,
             )
-        return cls(
-            loc,
-            axes=axes_t,
-            shapes=shapes,
-            dtype=dtype,
-            chunk=chunk,
-            fill_value=fill_value,
-            compressor=compressor,
-        )
+            for index, level_shape in enumerate(meta.level_shapes(shape_t, min_size, max_levels))
+        ]
+        loc.remove()
+        group = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=levels[0].zarr_format)
+        for layout in levels:
+            layout.create(group)
+        return cls(loc, axes=axes_t, levels=levels, labels=labels)
 
     @classmethod
     def open(
@@ -158,6 +164,7 @@ class ImageWriter:
         axes: str | Sequence[str] | None = None,
         min_size: int = 256,
         max_levels: int | None = None,
+        labels: bool = False,
     ) -> ImageWriter:
         """Continue writing the image at ``location`` (its level ``"0"`` must exist).
 
@@ -169,201 +176,169 @@ class ImageWriter:
         NodeNotFoundError
             There is no level-0 array at ``location``.
         InvalidDataError
-            Level 0 is not a zarr format 2 array with square y/x chunks and Blosc or no
-            compression.
+            Level 0 is not laid out as this writer writes (Blosc chunks, in shards on
+            zarr v3).
         """
         loc = Location.from_url(location)
         try:
-            meta = json.loads(loc.raw_child("0").raw_child(".zarray").read_bytes())
-        except (NodeNotFoundError, ValueError) as exc:
-            raise NodeNotFoundError(f"no zarr format 2 level '0' at {loc.url}") from exc
-        shape = tuple(meta["shape"])
-        chunks = tuple(meta["chunks"])
-        if chunks[-1] != chunks[-2] or any(c != 1 for c in chunks[:-2]):
-            raise InvalidDataError(
-                f"level 0 at {loc.url} has chunks {chunks}: need square y/x chunks and 1 "
-                "along the other axes"
-            )
-        if meta.get("dimension_separator", ".") != "/" or meta.get("filters"):
-            raise InvalidDataError(f"level 0 at {loc.url} uses an unsupported chunk layout")
-        compressor = meta.get("compressor")
-        if compressor is not None and compressor.get("id") != "blosc":
-            raise InvalidDataError(f"level 0 at {loc.url} is not Blosc-compressed")
-        dtype = np.dtype(meta["dtype"])
-        fill = meta.get("fill_value", 0)
-        fill_value = float(fill) if isinstance(fill, str) else fill  # "NaN", "Infinity"
-        axes_t = ngff.check_axes(axes, len(shape), False)
-        shapes = ngff.level_shapes(shape, min_size, max_levels)
-        blosc = (
-            Blosc(**{k: v for k, v in compressor.items() if k != "id"})
-            if compressor
-            else policy.compressor(dtype)
-        )
-        group = zarr.open_group(loc.zarr_store(), mode="a", zarr_format=2)
-        for index, level_shape in enumerate(shapes[1:], start=1):
-            existing = group.get(str(index))
-            if existing is not None and tuple(existing.shape) == level_shape:
-                continue
-            group.create_array(
+            group = zarr.open_group(loc.zarr_store(), mode="r+")
+            level0 = LevelLayout.from_array("0", group["0"])
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+            raise NodeNotFoundError(f"no level-0 array at {loc.url}") from exc
+        axes_t = meta.check_axes(axes, len(level0.shape), labels)
+        levels = [level0]
+        for index, level_shape in enumerate(
+            meta.level_shapes(level0.shape, min_size, max_levels)[1:], start=1
+        ):
+            layout = LevelLayout.plan(
                 str(index),
-                shape=level_shape,
-                chunks=_chunks(level_shape, chunks[-1]),
-                dtype=dtype,
-                compressors=blosc,
-                chunk_key_encoding={"name": "v2", "separator": "/"},
-                fill_value=fill_value,
-                overwrite=True,
+                level_shape,
+                level0.chunks,
+                dtype=level0.dtype,
+                fill_value=level0.fill_value,
+                zarr_format=level0.zarr_format,
+                dimension_names=axes_t,
+                codec=level0.codec,
             )
-        return cls(
-            loc,
-            axes=axes_t,
-            shapes=shapes,
-            dtype=dtype,
-            chunk=chunks[-1],
-            fill_value=fill_value,
-            compressor=blosc,
-        )
+            existing = group.get(layout.path)
+            if existing is None or tuple(existing.shape) != level_shape:
+                layout.create(group)
+            levels.append(layout)
+        return cls(loc, axes=axes_t, levels=levels, labels=labels, existing=True)
 
-    # -- chunks ---------------------------------------------------------------------------
+    # -- geometry -------------------------------------------------------------------------
+    @property
+    def shapes(self) -> list[tuple[int, ...]]:
+        """Shape of every level, level 0 first."""
+        return [layout.shape for layout in self.levels]
+
     @property
     def shape(self) -> tuple[int, ...]:
         """Level-0 shape."""
-        return self.shapes[0]
+        return self.levels[0].shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        """Pixel type."""
+        return self.levels[0].dtype
+
+    @property
+    def fill_value(self) -> Any:
+        """Value of pixels never written."""
+        return self.levels[0].fill_value
+
+    @property
+    def version(self) -> str:
+        """OME-NGFF version written: ``"0.5"`` on zarr v3, ``"0.4"`` on zarr v2."""
+        return "0.5" if self.levels[0].zarr_format == 3 else "0.4"
 
     def grid(self, level: int = 0) -> tuple[int, ...]:
         """Number of chunks along each axis of ``level``."""
-        shape = self.shapes[level]
-        return (*shape[:-2], -(-shape[-2] // self.chunk), -(-shape[-1] // self.chunk))
+        return self.levels[level].grid
 
     def chunk_extent(self, level: int, index: Sequence[int]) -> tuple[int, int]:
         """Valid (height, width) of chunk ``index`` (edge chunks are clipped)."""
-        *_, y, x = self.shapes[level]
-        ty, tx = index[-2], index[-1]
-        return min(self.chunk, y - ty * self.chunk), min(self.chunk, x - tx * self.chunk)
+        region = self.levels[level].chunk_region(index)
+        return region[-2].stop - region[-2].start, region[-1].stop - region[-1].start
 
-    def _chunk_path(self, level: int, index: Sequence[int]) -> str:
-        return posixpath.join(self.location.path, str(level), *(str(int(i)) for i in index))
-
-    def write_chunk(self, level: int, index: Sequence[int], data: np.ndarray) -> str:
-        """Encode and store one chunk (thread safe); return the path of the chunk file.
-
-        Parameters
-        ----------
-        level
-            Pyramid level (0 for data; higher levels are normally made by :meth:`build_levels`).
-        index
-            Chunk index, one entry per axis (``(c, ty, tx)`` for ``cyx``).
-        data
-            The chunk's valid region: ``(h, w)`` (any leading axes of length 1 may be
-            included or left out); edge chunks are padded with the fill value here.
-        """
-        if len(index) != len(self.axes):
-            raise ShapeMismatchError(
-                f"chunk index {tuple(index)} needs {len(self.axes)} entries for axes "
-                f"{''.join(self.axes)!r}"
-            )
-        h, w = self.chunk_extent(level, index)
-        block = np.asarray(data)
-        block = block.reshape(block.shape[-2:]) if block.ndim > 2 else block
-        if block.shape != (h, w):
-            raise ShapeMismatchError(
-                f"chunk {tuple(index)} of level {level} is {h}x{w} pixels, got {block.shape}"
-            )
-        if (h, w) != (self.chunk, self.chunk):
-            full = np.full((self.chunk, self.chunk), self.fill_value, dtype=self.dtype)
-            full[:h, :w] = block
-            block = full
-        encoded = self.compressor.encode(np.ascontiguousarray(block, dtype=self.dtype))
-        path = self._chunk_path(level, index)
-        self._put(path, encoded)
-        return path
+    # -- reading --------------------------------------------------------------------------
+    def _array(self, level: int) -> zarr.Array:
+        store = self.location.raw_child(self.levels[level].path).zarr_store(read_only=True)
+        return zarr.open_array(store, mode="r")
 
     def read_chunk(self, level: int, index: Sequence[int]) -> np.ndarray:
         """The valid region of one chunk (the fill value where it was never written)."""
-        h, w = self.chunk_extent(level, index)
-        raw = self._get(self._chunk_path(level, index))
-        if raw is None:
-            return np.full((h, w), self.fill_value, dtype=self.dtype)
-        block = np.frombuffer(self.compressor.decode(raw), dtype=self.dtype)
-        return block.reshape(self.chunk, self.chunk)[:h, :w]
+        block = np.asarray(self._array(level)[self.levels[level].chunk_region(index)])
+        return block.reshape(block.shape[-2:]) if block.ndim > 2 else block
 
-    def _put(self, path: str, data: bytes) -> None:
-        if not self.location.is_local:
-            self.location.fs.pipe_file(path, data)
-            return
-        directory = os.path.dirname(path)
-        if directory not in self._made_dirs:
-            os.makedirs(directory, exist_ok=True)
-            with self._dir_lock:
-                self._made_dirs.add(directory)
-        with open(path, "wb") as fh:
-            fh.write(data)
+    # -- whole levels ---------------------------------------------------------------------
+    def write_dask(self, source: Any, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Compute ``source`` (a dask array of the level-0 shape) once into level 0.
 
-    def _get(self, path: str) -> bytes | None:
-        try:
-            if self.location.is_local:
-                with open(path, "rb") as fh:
-                    return fh.read()
-            return self.location.fs.cat_file(path)
-        except FileNotFoundError:
-            return None
+        Every block of the computation is one whole shard. Returns the minimum and maximum
+        of the finite values, one per channel when there is a ``c`` axis.
+        """
+        layout = self.levels[0]
+        level = source.rechunk(layout.shards)
+        channel_axis = self.axes.index("c") if "c" in self.axes else None
+        out_chunks = (
+            *(c if axis == channel_axis else (1,) * len(c) for axis, c in enumerate(level.chunks)),
+            (2,),
+        )
+        bar_key = uuid.uuid4().hex
+        with tqdm(
+            total=level.npartitions, unit="shard", desc="OME-Zarr", disable=not progress
+        ) as bar:
+            _BARS[bar_key] = bar
+            try:
+                stats = level.map_blocks(
+                    _write_block,
+                    writer=self,
+                    channel_axis=channel_axis,
+                    bar_key=bar_key,
+                    chunks=out_chunks,
+                    new_axis=level.ndim,
+                    dtype=level.dtype,
+                    meta=np.empty((0,) * (level.ndim + 1), level.dtype),
+                    name=f"omezarr-store-{uuid.uuid4().hex}",
+                ).compute()
+            finally:
+                del _BARS[bar_key]
+        other_axes = tuple(a for a in range(level.ndim) if a != channel_axis)
+        low = np.fmin.reduce(stats[..., 0], axis=other_axes)
+        high = np.fmax.reduce(stats[..., 1], axis=other_axes)
+        return low, high
 
     def build_levels(self, *, workers: int = 2, progress: bool = False) -> None:
-        """Fill levels 1..n, each from the level below (2x2 mean), chunk by chunk.
+        """Fill levels 1..n, each from the level below, shard by shard.
 
-        Memory stays at a few chunks per worker whatever the image size.
+        Memory stays at a few shards per worker whatever the image size.
         """
-        total = sum(math.prod(self.grid(k)) for k in range(1, len(self.shapes)))
+        self.flush()
+        total = sum(math.prod(lv.shard_grid) for lv in self.levels[1:])
         with (
-            tqdm(total=total, unit="chunk", desc="pyramid", disable=not progress) as bar,
+            tqdm(total=total, unit="shard", desc="pyramid", disable=not progress) as bar,
             concurrent.futures.ThreadPoolExecutor(
                 max(1, workers), thread_name_prefix="cachetree-pyramid"
             ) as pool,
         ):
-            for level in range(1, len(self.shapes)):
-                indices = np.ndindex(*self.grid(level))
-                window = max(4, 4 * workers)
-                pending: set[concurrent.futures.Future[None]] = set()
-                for index in indices:
-                    if len(pending) >= window:
-                        done, pending = concurrent.futures.wait(
-                            pending, return_when=concurrent.futures.FIRST_COMPLETED
-                        )
-                        for fut in done:
-                            fut.result()
-                            bar.update(1)
-                    pending.add(pool.submit(self._downsample_chunk, level, index))
-                for fut in concurrent.futures.as_completed(pending):
-                    fut.result()
+            for level in range(1, len(self.levels)):
+                below = self._array(level - 1)
+                for future in _bounded(
+                    pool,
+                    (
+                        (self._downsample_shard, level, below, shard)
+                        for shard in np.ndindex(*self.levels[level].shard_grid)
+                    ),
+                    window=max(4, 4 * workers),
+                ):
+                    future.result()
                     bar.update(1)
 
-    def _downsample_chunk(self, level: int, index: tuple[int, ...]) -> None:
-        """Make chunk ``index`` of ``level`` from the (up to) 2x2 chunks below it."""
-        *lead, ty, tx = index
-        below = level - 1
-        grid_below = self.grid(below)
-        rows = []
-        for sy in (2 * ty, 2 * ty + 1):
-            if sy >= grid_below[-2]:
-                continue
-            cols = [
-                self.read_chunk(below, (*lead, sy, sx))
-                for sx in (2 * tx, 2 * tx + 1)
-                if sx < grid_below[-1]
-            ]
-            rows.append(np.concatenate(cols, axis=1) if len(cols) > 1 else cols[0])
-        block = np.concatenate(rows, axis=0) if len(rows) > 1 else rows[0]
-        self.write_chunk(level, index, policy.mean_2x2(block))
+    def _downsample_shard(self, level: int, below: zarr.Array, shard: tuple[int, ...]) -> None:
+        """Make shard ``shard`` of ``level`` from the region of the level below it covers."""
+        region = self.levels[level].shard_region(shard)
+        shape_below = self.levels[level - 1].shape
+        source = tuple(
+            slice(2 * r.start, min(2 * r.stop, n)) if axis >= len(region) - 2 else r
+            for axis, (r, n) in enumerate(zip(region, shape_below, strict=True))
+        )
+        block = policy.downsample_2x2(np.asarray(below[source]), labels=self.labels)
+        self.write_shard(level, shard, block)
 
     def finish(
         self,
         *,
-        low: Any,
-        high: Any,
+        low: Any = None,
+        high: Any = None,
         name: str | None = None,
         channel_names: Sequence[str] | None = None,
         extra_attrs: Mapping[str, Any] | None = None,
-    ) -> ngff.ImageInfo:
+        scale: Sequence[float] | None = None,
+        translation: Sequence[float] | None = None,
+        units: str | Mapping[str, str | None] | Sequence[str | None] | None = None,
+        label_source: str | None = None,
+    ) -> meta.ImageInfo:
         """Write the OME-NGFF metadata (call after every level is written).
 
         Parameters
@@ -371,34 +346,126 @@ class ImageWriter:
         low, high
             Minimum and maximum of the finite values of level 0: scalars, or one per
             channel when there is a ``c`` axis (NaN for a channel without finite values).
+            Not used for labels.
         name
             Image name in the metadata (default: the location's name without suffix).
         channel_names
             One per channel of the ``c`` axis.
         extra_attrs
             More group attributes.
+        scale, translation
+            Physical pixel size and origin of level 0: one value per axis, or one per
+            spatial axis (default 1 and 0).
+        units
+            Unit of the spatial axes (``"micrometer"``), or per axis (mapping or sequence).
+        label_source
+            For labels under an image: the image's path relative to the labels.
         """
-        names = ngff.check_channel_names(channel_names, self.axes, self.shape)
-        extra = ngff.check_extra_attrs(extra_attrs)
-        name = name or ngff.default_name(self.location)
-        ndim = len(self.axes)
+        self.flush()
+        shape = self.shape
+        names = meta.check_channel_names(channel_names, self.axes, shape)
+        extra = meta.check_extra_attrs(extra_attrs)
+        base_scale = meta.per_axis(scale, self.axes, 1.0, "scale")
+        if any(not 0 < s < math.inf for s in base_scale):
+            raise InvalidDataError(f"scale {base_scale} must be positive and finite on every axis")
+        base_translation = meta.per_axis(translation, self.axes, 0.0, "translation")
+        axis_units = meta.check_units(units, self.axes)
+        name = name or meta.default_name(self.location)
+        version = self.version
         attrs: dict[str, Any] = {
-            "multiscales": ngff.multiscales_metadata(
-                name, self.axes, len(self.shapes), (1.0,) * ndim, (0.0,) * ndim, False
-            ),
-            "omero": ngff.omero_metadata(
+            "multiscales": meta.multiscales_metadata(
                 name,
                 self.axes,
-                self.shape,
-                np.atleast_1d(np.asarray(low)),
-                np.atleast_1d(np.asarray(high)),
+                len(self.levels),
+                base_scale,
+                base_translation,
+                self.labels,
+                units=axis_units,
+                version=version,
+            )
+        }
+        if self.labels:
+            attrs["image-label"] = {"version": version}
+            if label_source is not None:
+                attrs["image-label"]["source"] = {"image": label_source}
+        else:
+            attrs["omero"] = meta.omero_metadata(
+                name,
+                self.axes,
+                shape,
+                np.atleast_1d(np.asarray(low, dtype=np.float64)),
+                np.atleast_1d(np.asarray(high, dtype=np.float64)),
                 names,
                 dtype=self.dtype,
-            ),
-        }
-        group = zarr.open_group(self.location.zarr_store(), mode="r+", zarr_format=2)
-        group.attrs.update({**extra, **attrs})
-        return ngff.read_image(self.location)
+                version=version,
+            )
+        group = zarr.open_group(self.location.zarr_store(), mode="r+")
+        group.attrs.update({**extra, **meta.group_attributes(version, attrs)})
+        return meta.read_image(self.location)
+
+
+def _write_block(
+    block: np.ndarray,
+    writer: ImageWriter,
+    channel_axis: int | None,
+    bar_key: str,
+    block_info: dict | None = None,
+) -> np.ndarray:
+    """Store ``block`` (one whole shard of level 0); return its finite min and max per channel.
+
+    The result has the block's extent along the channel axis, 1 along the other axes, and a
+    trailing axis holding (min, max). A channel with no finite value gets NaN.
+    """
+    shard = tuple(block_info[0]["chunk-location"])
+    writer.write_shard(0, shard, block)
+    bar = _BARS.get(bar_key)  # None in a worker process of a distributed scheduler
+    if bar is not None:
+        bar.update(1)
+    values = block[np.newaxis] if channel_axis is None else np.moveaxis(block, channel_axis, 0)
+    values = values.reshape(len(values), -1)
+    if np.issubdtype(values.dtype, np.floating):
+        values = np.where(np.isfinite(values), values, np.nan)
+    stats = np.stack([np.fmin.reduce(values, axis=1), np.fmax.reduce(values, axis=1)], axis=-1)
+    shape = [1] * block.ndim
+    if channel_axis is not None:
+        shape[channel_axis] = block.shape[channel_axis]
+    return stats.reshape(*shape, 2)
+
+
+def _bounded(
+    pool: concurrent.futures.Executor, calls: Iterator[tuple[Any, ...]], window: int
+) -> Iterator[concurrent.futures.Future[Any]]:
+    """Submit ``calls`` keeping at most ``window`` in flight; yield each when done."""
+    pending: set[concurrent.futures.Future[Any]] = set()
+    for fn, *args in calls:
+        if len(pending) >= window:
+            done, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            yield from done
+        pending.add(pool.submit(fn, *args))
+    yield from concurrent.futures.as_completed(pending)
+
+
+def _chunk_shape(axes: tuple[str, ...], chunk: int | Sequence[int]) -> tuple[int, ...]:
+    """Chunks of level 0: an int is the y/x tile (1 along t, c, z), a sequence is the shape."""
+    if isinstance(chunk, int | np.integer) and not isinstance(chunk, bool):
+        wanted = tuple(int(chunk) if a in "yx" else 1 for a in axes)
+    elif isinstance(chunk, Sequence) and not isinstance(chunk, str):
+        wanted = tuple(chunk)
+        if len(wanted) != len(axes):
+            raise ShapeMismatchError(
+                f"chunks {wanted} has {len(wanted)} entries for {len(axes)}-D data: "
+                "give an int (y/x tile size) or one size per axis"
+            )
+    else:
+        raise InvalidDataError(f"chunk must be a positive integer or a shape, got {chunk!r}")
+    if (
+        not all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in wanted)
+        or min(wanted) < 1
+    ):
+        raise InvalidDataError(f"chunk sizes {wanted} must be positive integers")
+    return tuple(int(c) for c in wanted)
 
 
 class PyramidAssembler:
@@ -413,8 +480,11 @@ class PyramidAssembler:
     """
 
     def __init__(self, writer: ImageWriter):
-        if writer.chunk % 2:
-            raise InvalidDataError(f"incremental pyramids need an even chunk, not {writer.chunk}")
+        chunk = writer.levels[0].chunks
+        if any(c % 2 for c in chunk[-2:]) and len(writer.levels) > 1:
+            raise InvalidDataError(f"incremental pyramids need even chunks, not {chunk}")
+        if any(c != 1 for c in chunk[:-2]):
+            raise InvalidDataError(f"incremental pyramids need chunks of 1 off y/x, not {chunk}")
         self.writer = writer
         self._pending: dict[tuple[int, ...], list[Any]] = {}
         self._lock = threading.Lock()
@@ -424,14 +494,21 @@ class PyramidAssembler:
         ty, tx = index[-2], index[-1]
         return min(2, gy - 2 * ty) * min(2, gx - 2 * tx)
 
-    def add(self, level: int, index: Sequence[int], block: np.ndarray | None) -> None:
-        """Account for chunk ``index`` of ``level`` (its valid region, or None for fill)."""
-        if level + 1 >= len(self.writer.shapes):
-            return
+    def add(self, level: int, index: Sequence[int], block: np.ndarray | None) -> list[str]:
+        """Account for chunk ``index`` of ``level`` (its valid region, or None for fill).
+
+        Returns the paths of the files stored on the levels above as a result.
+        """
+        if level + 1 >= len(self.writer.levels):
+            return []
         *lead, ty, tx = (int(i) for i in index)
         target = (level + 1, *lead, ty // 2, tx // 2)
         down = (
-            None if block is None else policy.mean_2x2(np.asarray(block).reshape(block.shape[-2:]))
+            None
+            if block is None
+            else policy.downsample_2x2(
+                np.asarray(block).reshape(np.shape(block)[-2:]), labels=self.writer.labels
+            )
         )
         with self._lock:
             entry = self._pending.get(target)
@@ -442,11 +519,11 @@ class PyramidAssembler:
             done = len(entry[0]) == entry[1]
             if done:
                 del self._pending[target]
-        if done:
-            data = self._assemble(level + 1, target[1:], entry[0])
-            if data is not None:
-                self.writer.write_chunk(level + 1, target[1:], data)
-            self.add(level + 1, target[1:], data)
+        if not done:
+            return []
+        data = self._assemble(level + 1, target[1:], entry[0])
+        paths = self.writer.write_chunk(level + 1, target[1:], data)
+        return paths + self.add(level + 1, target[1:], data)
 
     def _assemble(
         self, level: int, index: tuple[int, ...], quarters: dict[tuple[int, int], Any]
@@ -455,11 +532,11 @@ class PyramidAssembler:
         if all(q is None for q in quarters.values()):
             return None
         h, w = self.writer.chunk_extent(level, index)
-        half = self.writer.chunk // 2
+        half_y, half_x = (-(-c // 2) for c in self.writer.levels[level - 1].chunks[-2:])
         data = np.empty((h, w), self.writer.dtype)
         for (qy, qx), quarter in quarters.items():
-            y0, x0 = qy * half, qx * half
-            y1, x1 = min(h, y0 + half), min(w, x0 + half)
+            y0, x0 = qy * half_y, qx * half_x
+            y1, x1 = min(h, y0 + half_y), min(w, x0 + half_x)
             if quarter is None:
                 data[y0:y1, x0:x1] = self.writer.fill_value
             else:
@@ -479,11 +556,12 @@ def build_pyramid(
     workers: int = 2,
     progress: bool = False,
     name: str | None = None,
-) -> ngff.ImageInfo:
+) -> meta.ImageInfo:
     """Build levels 1..n of the OME-Zarr image at ``location`` from its level 0.
 
-    Level 0 must already be written (zarr format 2, ``/`` separator, Blosc, square y/x
-    chunks); the metadata is (re)written with display windows computed from level 0.
+    Level 0 must already be written as :class:`ImageWriter` writes it (Blosc chunks, in
+    shards on zarr v3, ``/`` separator on zarr v2); the metadata is (re)written with
+    display windows computed from level 0.
     """
     writer = ImageWriter.open(location, min_size=min_size)
     writer.build_levels(workers=workers, progress=progress)
@@ -493,16 +571,25 @@ def build_pyramid(
 
 def _level_range(writer: ImageWriter) -> tuple[np.ndarray, np.ndarray]:
     """Finite minimum and maximum of level 0, per channel when there is a ``c`` axis."""
-    grid = writer.grid(0)
+    layout = writer.levels[0]
+    array = writer._array(0)
     channel_axis = writer.axes.index("c") if "c" in writer.axes else None
     count = writer.shape[channel_axis] if channel_axis is not None else 1
     low = np.full(count, np.nan)
     high = np.full(count, np.nan)
-    for index in np.ndindex(*grid):
-        c = index[channel_axis] if channel_axis is not None else 0
-        lo, hi = finite_range(writer.read_chunk(0, index))
-        low[c] = np.fmin(low[c], lo)
-        high[c] = np.fmax(high[c], hi)
+    for shard in np.ndindex(*layout.shard_grid):
+        region = layout.shard_region(shard)
+        block = np.asarray(array[region])
+        if channel_axis is None:
+            channels = [(0, block)]
+        else:
+            first = region[channel_axis].start
+            moved = np.moveaxis(block, channel_axis, 0)
+            channels = [(first + i, moved[i]) for i in range(len(moved))]
+        for c, values in channels:
+            lo, hi = finite_range(values)
+            low[c] = np.fmin(low[c], lo)
+            high[c] = np.fmax(high[c], hi)
     return low, high
 
 
@@ -519,12 +606,3 @@ def finite_range(block: np.ndarray) -> tuple[float, float]:
     if finite.size == 0:
         return math.nan, math.nan
     return float(finite.min()), float(finite.max())
-
-
-def _chunks(shape: tuple[int, ...], chunk: int) -> tuple[int, ...]:
-    """Chunk shape: 1 along leading axes, ``chunk`` along y and x on every level.
-
-    Not clamped to small levels: every chunk of every level then has the same layout,
-    which is what :meth:`ImageWriter.write_chunk` encodes.
-    """
-    return (*(1 for _ in shape[:-2]), chunk, chunk)

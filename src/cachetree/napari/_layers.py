@@ -83,7 +83,8 @@ def _origin(root: Location, node: Location, item: str | None) -> dict[str, Any]:
 def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> LayerData:
     """An OME-Zarr image or labels pyramid as one lazy (multiscale) layer.
 
-    Scale, translation, contrast limits, channel names and colours come from the metadata.
+    Scale, translation, units, contrast limits, channel names and colours come from the
+    metadata (OME-NGFF 0.4 or 0.5).
     An RGB(A) ``uint8`` image (channels named red, green, blue[, alpha]) is one RGB layer in
     its true colours; any other ``c`` axis becomes napari's ``channel_axis`` (one layer per
     channel).
@@ -93,6 +94,7 @@ def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> L
     data: Any = pyramid if len(pyramid) > 1 else pyramid[0]
     axes = list(info.axes)
     scale, translate = list(info.scale), list(info.translation)
+    units = list(info.units or (None,) * len(axes))
     kwargs: dict[str, Any] = {
         "name": name,
         "metadata": metadata,
@@ -100,23 +102,24 @@ def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> L
     }
     if info.labels:
         kwargs.update(scale=scale, translate=translate, axis_labels=axes)
-        return data, kwargs, "labels"
+        return data, _with_units(kwargs, units), "labels"
     if "c" in axes and ngff.is_rgb(info.channel_names, info.dtype):
         c = axes.index("c")
-        del axes[c], scale[c], translate[c]
+        del axes[c], scale[c], translate[c], units[c]
         levels = [da.moveaxis(level, c, -1) for level in pyramid]
         kwargs.update(rgb=True, contrast_limits=[0, 255])
         kwargs.update(scale=scale, translate=translate, axis_labels=axes)
-        return levels if len(levels) > 1 else levels[0], kwargs, "image"
+        return levels if len(levels) > 1 else levels[0], _with_units(kwargs, units), "image"
     if "c" in axes:
         c = axes.index("c")
-        del axes[c], scale[c], translate[c]
+        del axes[c], scale[c], translate[c], units[c]
         names = info.channel_names or tuple(f"channel_{i}" for i in range(info.shape[c]))
         kwargs.update(channel_axis=c, name=[f"{name} [{n}]" for n in names])
         kwargs = display.overlay(kwargs, _channel_colours(location, names))
     elif _is_derived(info):
         kwargs = display.overlay(kwargs)
     kwargs.update(scale=scale, translate=translate, axis_labels=axes)
+    kwargs = _with_units(kwargs, units)
     if info.contrast_limits is not None:
         limits = info.contrast_limits
         if np.dtype(info.dtype).kind == "f" and info.value_range is not None:
@@ -127,6 +130,11 @@ def ome_zarr_layer(location: Location, name: str, metadata: dict[str, Any]) -> L
         multi = "c" in info.axes
         kwargs["contrast_limits"] = [window(*w) for w in limits] if multi else window(*limits)
     return data, kwargs, "image"
+
+
+def _with_units(kwargs: dict[str, Any], units: list[str | None]) -> dict[str, Any]:
+    """The layer's physical units, when the image has any (napari's scale bar shows them)."""
+    return {**kwargs, "units": tuple(units)} if any(units) else kwargs
 
 
 def _as_list(low: float, high: float) -> list[float]:
@@ -166,8 +174,8 @@ def image_and_labels(location: Location, name: str, metadata: dict[str, Any]) ->
 def _channel_colours(location: Location, names: tuple[str, ...]) -> list[str]:
     """One colormap per channel: a channel named like a colour gets it, else its omero colour."""
     try:
-        attrs = json.loads(location.raw_child(".zattrs").read_bytes())
-        channels = attrs.get("omero", {}).get("channels", [])
+        found = ngff.find_ome_attrs(location)  # 0.4 or 0.5
+        channels = (found[0] if found else {}).get("omero", {}).get("channels", [])
         colours = [f"#{ch['color']}" for ch in channels]
     except (CacheTreeError, OSError, ValueError, KeyError, TypeError):
         colours = []

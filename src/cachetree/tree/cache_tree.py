@@ -36,6 +36,10 @@ class CacheTree:
     create
         Create the tree when ``root`` holds none (default); otherwise raise
         :class:`~cachetree.errors.NodeNotFoundError`.
+    ngff_format
+        OME-NGFF version of the images and canvases its nodes save: ``"0.5"`` (zarr v3
+        with shards; the default) or ``"0.4"`` (zarr v2, for readers without zarr v3). A
+        call can still ask for the other (``node.save_image(..., format="0.4")``).
     storage_options
         Passed to fsspec (credentials, endpoint URL, ...).
 
@@ -55,10 +59,14 @@ class CacheTree:
         *,
         on_stale: OnStale = "recompute",
         create: bool = True,
+        ngff_format: str | None = None,
         **storage_options: Any,
     ):
+        from ..images.metadata import check_format
+
         self.root = Location.from_url(root, **storage_options)
         self.on_stale: OnStale = on_stale
+        self.ngff_format = check_format(ngff_format)
         try:
             read_manifest(self.root)
         except NodeNotFoundError:
@@ -106,6 +114,7 @@ class CacheTree:
             depends_on=depends_on,
             on_stale=on_stale or self.on_stale,
             kind=kind,
+            ngff_format=self.ngff_format,
         )
 
     def __getitem__(self, path: str) -> Node:

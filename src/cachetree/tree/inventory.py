@@ -6,7 +6,7 @@ import posixpath
 from typing import Any
 
 from ..fs.location import TMP_MARK, Location
-from ..images.meta import label_names, zarr_attrs
+from ..images.meta import label_names, ome_attrs, zarr_attrs
 from .layout import LOCK, MANIFEST, PARTS
 
 __all__ = [
@@ -39,12 +39,16 @@ def classify_dir(loc: Location) -> dict[str, Any]:
     )
     if tagged:
         return {"kind": tagged}
-    if "multiscales" in attrs:
-        info: dict[str, Any] = {"kind": "labels" if "image-label" in attrs else "image"}
-        _, _, level0 = zarr_attrs(loc.raw_child(attrs["multiscales"][0]["datasets"][0]["path"]))
+    ome, version = ome_attrs(attrs)
+    if "multiscales" in ome:
+        info: dict[str, Any] = {"kind": "labels" if "image-label" in ome else "image"}
+        multiscale = ome["multiscales"][0]
+        _, _, level0 = zarr_attrs(loc.raw_child(multiscale["datasets"][0]["path"]))
         if level0:
-            info.update(shape=list(level0["shape"]), dtype=str(level0.get("dtype", "")))
-        info["levels"] = len(attrs["multiscales"][0]["datasets"])
+            dtype = level0.get("data_type", level0.get("dtype", ""))
+            info.update(shape=list(level0["shape"]), dtype=str(dtype))
+        info["levels"] = len(multiscale["datasets"])
+        info["ngff"] = version
         labels = label_names(loc)
         if labels and info["kind"] == "image":
             info["labels"] = labels

@@ -44,8 +44,12 @@ class NodeItems:
     Saving needs the node open for writing; loading works on any node.
     """
 
-    def __init__(self, location: Location):
+    def __init__(self, location: Location, *, ngff_format: str | None = None):
+        from ..images.metadata import check_format
+
         self.location = location
+        self.ngff_format = check_format(ngff_format)
+        """OME-NGFF version of images saved without a ``format`` (``"0.5"`` or ``"0.4"``)."""
         self._log_lines: list[str] = []
         self._items_meta: dict[str, dict[str, Any]] = {}
         self._writer: AsyncWriter | None = None
@@ -128,12 +132,14 @@ class NodeItems:
     ) -> ImageInfo:
         """Save an image (numpy or dask, 2-D to 5-D) as an OME-Zarr pyramid ``name.ome.zarr``.
 
-        Extra keyword arguments go to :func:`cachetree.images.ngff.write_image`.
+        Extra keyword arguments go to :func:`cachetree.images.ngff.write_image` (e.g.
+        ``scale=``, ``units=``, ``format=``; the format defaults to :attr:`ngff_format`).
         """
         self._check_writable()
         target = self.item(_suffixed(name, ".ome.zarr"))
         from ..images.ngff import write_image
 
+        kwargs.setdefault("format", self.ngff_format)
         with storage_errors(target):
             return write_image(target, data, axes=axes, name=name, **kwargs)
 
@@ -149,8 +155,9 @@ class NodeItems:
         """Save an integer label image as an OME-Zarr labels pyramid.
 
         With ``image`` (an image item of this node, saved first) the labels are stored under
-        it, ``<image>.ome.zarr/labels/<name>``, where OME-Zarr viewers find them; otherwise
-        as a labels item ``name.ome.zarr`` of their own.
+        it, ``<image>.ome.zarr/labels/<name>``, where OME-Zarr viewers find them, in the
+        image's format and with its scale and units; otherwise as a labels item
+        ``name.ome.zarr`` of their own.
         """
         if image is None:
             return self.save_image(name, data, axes=axes, labels=True, **kwargs)

@@ -92,6 +92,10 @@ class Node(NodeItems):
         :class:`~cachetree.errors.StaleNodeError`.
     kind
         What the node holds, recorded in the manifest (``"node"``, ``"canvas"``, ...).
+    ngff_format
+        OME-NGFF version of the images and canvases saved here unless a call says
+        otherwise: ``"0.5"`` (zarr v3 with shards, the default when None) or ``"0.4"``
+        (zarr v2). Child nodes inherit it.
 
     Attributes
     ----------
@@ -114,10 +118,11 @@ class Node(NodeItems):
         depends_on: Sequence[Node] = (),
         on_stale: OnStale = "recompute",
         kind: str = "node",
+        ngff_format: str | None = None,
     ):
         if on_stale not in ("recompute", "raise"):
             raise InvalidDataError(f"on_stale must be 'recompute' or 'raise', not {on_stale!r}")
-        super().__init__(location)
+        super().__init__(location, ngff_format=ngff_format)
         self.root = root if root is not None else location
         self.params = params
         self.depends_on = tuple(depends_on)
@@ -466,6 +471,7 @@ class Node(NodeItems):
             depends_on=depends_on,
             on_stale=on_stale or self.on_stale,
             kind=kind,
+            ngff_format=self.ngff_format,
         )
 
     def require_committed(self) -> Manifest:

@@ -1,0 +1,316 @@
+"""The files of one image: encoded chunks gathered into shards and stored atomically.
+
+A shard (zarr v3) is assembled in a temp file as its chunks arrive, in any order and from
+any thread, and nothing is held in memory; when its last chunk is there the index is added
+and the file goes into place in one step (a rename on local disk, one object put
+elsewhere), so a shard is never read back and rewritten while it is being written. On
+zarr v2 each chunk is its own file, stored the same way. :class:`ShardWriter` is the base
+of :class:`cachetree.images.pyramid.ImageWriter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import posixpath
+import tempfile
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeMismatchError
+from ..fs.location import Location, temp_name
+from .layout import LevelLayout
+
+__all__ = ["ShardFile", "ShardWriter"]
+
+ShardKey = tuple[int, tuple[int, ...]]
+"""A shard: its level and its index in the level's shard grid."""
+
+
+class ShardFile:
+    """A shard being filled: chunks are appended to a temp file as they arrive, in any
+    order, and nothing is held in memory; :meth:`close` ends it with the index.
+
+    The temp file is ``spool`` (beside the shard on local disk, so it can be renamed into
+    place; in the local temp directory for object stores, uploaded in one put). Not thread
+    safe: the writer serialises calls.
+    """
+
+    def __init__(self, layout: LevelLayout, spool: str):
+        self.layout = layout
+        self.spool = spool
+        self.slots: dict[tuple[int, ...], tuple[int, int] | None] = {}
+        self._fh: Any = None
+        self._size = 0
+
+    def add(self, local: tuple[int, ...], data: bytes | None) -> None:
+        """Add the encoded chunk at ``local`` (None: absent, it reads as the fill value)."""
+        if data is None:
+            self.slots.setdefault(local, None)
+            return
+        if self._fh is None:
+            os.makedirs(os.path.dirname(self.spool) or ".", exist_ok=True)
+            self._fh = open(self.spool, "wb")  # noqa: SIM115 - closed by close() / discard()
+        self._fh.write(data)
+        self.slots[local] = (self._size, len(data))
+        self._size += len(data)
+
+    def complete(self, shard: Sequence[int]) -> bool:
+        """Whether every chunk of ``shard`` inside the level was added."""
+        return len(self.slots) >= self.layout.chunks_in(shard)
+
+    def close(self) -> bool:
+        """End the file with the index; False (and no file) when no chunk holds data."""
+        if self._fh is None:
+            return False
+        with self._fh:
+            self._fh.write(self.layout.index_tail(self.slots))
+        return True
+
+    def discard(self) -> None:
+        """Drop the temp file (after a failure, or when the shard is cleared)."""
+        if self._fh is not None:
+            self._fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.spool)
+
+
+class ShardWriter:
+    """Stores the chunks of every level of one image into their shards (thread safe).
+
+    Attributes
+    ----------
+    location
+        The image group.
+    axes
+        Axis names, ending with ``y, x``.
+    levels
+        Layout of every level, level 0 first.
+    """
+
+    def __init__(
+        self,
+        location: Location,
+        *,
+        axes: tuple[str, ...],
+        levels: list[LevelLayout],
+        existing: bool = False,
+    ):
+        self.location = location
+        self.axes = axes
+        self.levels = levels
+        self._existing = existing  # shards may be on disk from an earlier run
+        self._pending: dict[ShardKey, ShardFile] = {}
+        self._stored: set[ShardKey] = set()
+        self._lock = threading.Lock()
+        self._made_dirs: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()  # tasks of a dask graph carry the writer: no buffers
+        state.update(_pending={}, _stored=set(), _lock=None, _made_dirs=set())
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    # -- writing --------------------------------------------------------------------------
+    def write_chunk(self, level: int, index: Sequence[int], data: np.ndarray | None) -> list[str]:
+        """Encode one chunk (thread safe); store its shard once the shard is complete.
+
+        Parameters
+        ----------
+        level
+            Pyramid level (0 for data; higher levels are normally made by
+            :meth:`~cachetree.images.pyramid.ImageWriter.build_levels` or a
+            :class:`~cachetree.images.pyramid.PyramidAssembler`).
+        index
+            Chunk index, one entry per axis (``(c, ty, tx)`` for ``cyx``).
+        data
+            The chunk's valid region (edge chunks are padded here; leading axes of
+            length 1 may be left out), or None for a chunk holding only the fill value.
+
+        Returns
+        -------
+        list[str]
+            Paths of the files stored by this call: the chunk's shard when this chunk
+            completed it (on zarr v2, the chunk itself), else none.
+        """
+        layout = self.levels[level]
+        if len(index) != len(self.axes):
+            raise ShapeMismatchError(
+                f"chunk index {tuple(index)} needs {len(self.axes)} entries for axes "
+                f"{''.join(self.axes)!r}"
+            )
+        block = None if data is None else self._chunk_block(layout, index, data)
+        encoded = None if block is None else layout.encode_chunk(block)
+        shard, local = layout.locate(index)
+        if not layout.sharded:  # zarr v2: the chunk is the file
+            if encoded is None:
+                return []
+            path = self._path(layout, shard)
+            self._put(path, encoded)
+            return [path]
+        key = (level, shard)
+        with self._lock:
+            entry = self._pending.get(key)
+            if entry is None:
+                entry = self._pending[key] = self._new_shard(key)
+            entry.add(local, encoded)
+            complete = entry.complete(shard)
+            if complete:
+                del self._pending[key]
+        return self._store(key, entry) if complete else []
+
+    def _chunk_block(self, layout: LevelLayout, index: Sequence[int], data: Any) -> np.ndarray:
+        region = layout.chunk_region(index)
+        extent = tuple(s.stop - s.start for s in region)
+        block = np.asarray(data)
+        if block.shape != extent:
+            if math.prod(block.shape) != math.prod(extent) or block.shape[-2:] != extent[-2:]:
+                raise ShapeMismatchError(
+                    f"chunk {tuple(index)} of level {layout.path} is {extent}, got {block.shape}"
+                )
+            block = block.reshape(extent)
+        return block
+
+    def _may_exist(self, key: ShardKey) -> bool:
+        """Whether a shard may be stored already (so a new chunk must join its others)."""
+        return self.levels[key[0]].sharded and (self._existing or key in self._stored)
+
+    def _new_shard(self, key: ShardKey) -> ShardFile:
+        """An empty shard file, holding the chunks already stored when there may be some."""
+        level, shard = key
+        layout = self.levels[level]
+        path = self._path(layout, shard)
+        if self.location.is_local:
+            spool = temp_name(path)
+        else:
+            spool = os.path.join(tempfile.gettempdir(), f"cachetree-shard-{uuid.uuid4().hex}")
+        entry = ShardFile(layout, spool)
+        raw = self._get(path) if self._may_exist(key) else None
+        if raw is not None:
+            for local, data in layout.unpack(raw).items():
+                entry.add(local, data)
+        return entry
+
+    def write_shard(self, level: int, shard: Sequence[int], block: np.ndarray) -> list[str]:
+        """Store one whole shard (zarr v2: chunk) from ``block``, its region of the level.
+
+        A shard's region is :meth:`~cachetree.images.layout.LevelLayout.shard_region`;
+        chunks are encoded here and the shard replaces whatever was stored. Returns the path
+        stored (none when every chunk holds only the fill value).
+        """
+        layout = self.levels[level]
+        block = np.asarray(block)
+        if not layout.sharded:
+            return self.write_chunk(level, shard, block)
+        key = (level, tuple(int(i) for i in shard))
+        region = layout.shard_region(shard)
+        per = layout.per_shard
+        with self._lock:
+            stale = self._pending.pop(key, None)
+        if stale is not None:
+            stale.discard()
+        self._stored.discard(key)  # replaced whole: nothing stored joins it
+        entry = self._new_shard(key)
+        try:
+            for local in np.ndindex(*per):
+                chunk = tuple(s * p + i for s, p, i in zip(shard, per, local, strict=True))
+                if any(c >= g for c, g in zip(chunk, layout.grid, strict=True)):
+                    continue
+                sub = tuple(
+                    slice(r.start - o.start, r.stop - o.start)
+                    for r, o in zip(layout.chunk_region(chunk), region, strict=True)
+                )
+                entry.add(local, layout.encode_chunk(block[sub]))
+        except BaseException:
+            entry.discard()
+            raise
+        return self._store(key, entry)
+
+    def _store(self, key: ShardKey, entry: ShardFile) -> list[str]:
+        """Finish a shard file and put it in place (one rename, or one object put)."""
+        level, shard = key
+        path = self._path(self.levels[level], shard)
+        may_exist = self._may_exist(key)
+        with self._lock:
+            self._stored.add(key)
+        try:
+            if not entry.close():
+                if may_exist:
+                    self._remove(path)
+                return []
+            if self.location.is_local:
+                os.replace(entry.spool, path)
+            else:
+                self.location.fs.put_file(entry.spool, path)
+                os.unlink(entry.spool)
+        except BaseException:
+            entry.discard()
+            raise
+        return [path]
+
+    def flush(self) -> list[str]:
+        """Store every shard still waiting for chunks (missing ones read as the fill value)."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        return [path for key, entry in pending.items() for path in self._store(key, entry)]
+
+    def _path(self, layout: LevelLayout, shard: Sequence[int]) -> str:
+        return posixpath.join(self.location.path, layout.key(shard))
+
+    def _put(self, path: str, data: bytes) -> None:
+        """Store a chunk (zarr v2) as one object put, or locally as a temp file renamed into
+        place."""
+        if not self.location.is_local:
+            self.location.fs.pipe_file(path, data)
+            return
+        directory = os.path.dirname(path)
+        if directory not in self._made_dirs:
+            os.makedirs(directory, exist_ok=True)
+            self._made_dirs.add(directory)
+        tmp = temp_name(path)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    def _get(self, path: str) -> bytes | None:
+        try:
+            if self.location.is_local:
+                with open(path, "rb") as fh:
+                    return fh.read()
+            return self.location.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def _remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.location.fs.rm_file(path)
+
+    def clear_rows(self, level: int, first_row: int) -> None:
+        """Remove the stored shards of chunk rows ``first_row`` and below (they read as fill).
+
+        Shards are one chunk row high, so this removes whole shard rows.
+        """
+        layout = self.levels[level]
+        lead = layout.shard_grid[:-2]
+        for index in np.ndindex(*lead):
+            for row in range(first_row, layout.shard_grid[-2]):
+                prefix = layout.key((*index, row, 0)).rsplit("/", 1)[0]
+                Location(self.location.fs, posixpath.join(self.location.path, prefix)).remove()
+        with self._lock:
+            cleared = [k for k in self._pending if k[0] == level and k[1][-2] >= first_row]
+            entries = [self._pending.pop(k) for k in cleared]
+        for entry in entries:
+            entry.discard()
