@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -16,8 +17,14 @@ from ..tree.layout import CANVAS_JSON
 from ..tree.node import Node
 from ..tree.parts import PartInfo, list_parts, parts_location, remove_part, write_part
 from .base import CanvasBase
-from .checkpoint import checkpoint_value_range, newest_checkpoint, write_checkpoint
+from .checkpoint import (
+    checkpoint_preview,
+    checkpoint_value_range,
+    newest_checkpoint,
+    write_checkpoint,
+)
 from .kinds import CHECKPOINT_KIND, SPILL_KIND, STAGING, STAGING_KIND
+from .preview import read_preview_pointer, write_preview
 from .rows import RowWriter
 from .spec import CanvasSpec, HeadSpec, NanPolicy, Order, spec_differences
 from .spill import add_spilled_tile, parts_to_adopt, remove_part_dirs
@@ -27,6 +34,11 @@ from .worker import WorkerCanvas
 __all__ = ["Canvas", "Role"]
 
 log = logging.getLogger("cachetree")
+
+PREVIEW_INTERVAL = 2.0
+"""Fewest seconds between two writes of the preview while merging (checkpoints always write
+it); at least 50 times the last write's duration, so writing it costs at most 2 %."""
+PREVIEW_COST_SHARE = 50
 
 Role = Literal["canvas", "worker"]
 """What ``Canvas(..., role=...)`` makes: a :class:`Canvas` or a :class:`WorkerCanvas`."""
@@ -178,6 +190,9 @@ class Canvas(CanvasBase):
         self._staging = self._parts_root.raw_child(STAGING)
         self._rows = RowWriter(self._staging, spec, self._pool)
         self._checkpoint: PartInfo | None = None
+        self._preview_written: tuple[int, float] = (-1, 0.0)  # version, time
+        self._preview_pause = PREVIEW_INTERVAL
+        self._preview_seq = 0
         try:
             if adopt is not None:
                 self._adopt(adopt)
@@ -205,6 +220,31 @@ class Canvas(CanvasBase):
     def _after_batch(self) -> None:
         if self.checkpoint_every and self._batches_done % self.checkpoint_every == 0:
             self.checkpoint()
+        elif time.monotonic() - self._preview_written[1] >= self._preview_pause:
+            self._write_preview()
+
+    def _write_preview(self) -> None:
+        """Write the preview pyramid, unless nothing left memory since the last one."""
+        version = self._preview.version
+        if version == self._preview_written[0]:
+            return
+        height = self.spec.shape[0]
+        merged = self._preview.coverage()
+        if self.spec.order == "row-major":
+            merged = max(merged, min(1.0, self._frontier / height))
+        status = {
+            "seq": self._preview_seq,
+            "batches_done": self._batches_done,
+            "merged": merged,
+        }
+        start = time.monotonic()
+        write_preview(
+            self._staging, self._preview_seq, self._preview, self._rows.value_ranges(), status
+        )
+        self._preview_seq += 1
+        end = time.monotonic()
+        self._preview_written = (version, end)
+        self._preview_pause = max(PREVIEW_INTERVAL, PREVIEW_COST_SHARE * (end - start))
 
     def _finalize_rows(self, upto: int) -> None:
         """Normalise and write tile rows ``rows_final .. upto - 1``."""
@@ -222,6 +262,8 @@ class Canvas(CanvasBase):
         """Sum a tile's resident and spilled contributions, normalise it and write it."""
         buf = self._store.resident.pop(key, None)
         refs = self._spills.refs.pop(key, [])
+        if buf is not None:
+            self._to_preview(key, buf)  # before the spilled contributions, counted already
         if buf is None and not refs:
             self._rows.empty_tile(*key)
             return []
@@ -284,7 +326,9 @@ class Canvas(CanvasBase):
                 "next_seq": self._next_seq,
             }
             ranges = self._rows.value_ranges()
-            info = write_checkpoint(self._loc, seq, self._spec_json, state, referenced, ranges)
+            info = write_checkpoint(
+                self._loc, seq, self._spec_json, state, referenced, ranges, self._preview.arrays()
+            )
             previous, self._checkpoint = self._checkpoint, info
             self._spills.kept = set(referenced)
             if previous is not None:
@@ -293,6 +337,8 @@ class Canvas(CanvasBase):
             for part in garbage:
                 self._drop_part(part)
             self._drain()
+            self._preview_written = (-1, 0.0)
+            self._write_preview()
             log.debug("canvas checkpoint %s after %d batches", info.name, self._batches_done)
 
     def flush_parts(self) -> list[str]:
@@ -327,6 +373,7 @@ class Canvas(CanvasBase):
             meta={"canvas": self._spec_json},
         )
         self._rows.create()
+        self._write_preview()
 
     def _adopt(self, parts: Sequence[str | PartInfo]) -> None:
         """Take over spill parts of worker canvases: :meth:`finalize` sums them in."""
@@ -371,11 +418,15 @@ class Canvas(CanvasBase):
         self._checkpoint = ckpt
         ranges = {h: checkpoint_value_range(ckpt, h) for h in self.spec.heads}
         self._rows.restore_value_ranges(ranges)
+        self._preview.restore(checkpoint_preview(ckpt))
         for info in parts:
             stale_spill = info.kind == SPILL_KIND and info.name not in self._spills.parts
             if stale_spill or (info.kind == CHECKPOINT_KIND and info.name != ckpt.name):
                 remove_part(info)
         self._rows.reopen(rows_final)
+        pointer = read_preview_pointer(self._staging) or {}
+        self._preview_seq = int(pointer.get("seq", -1)) + 1
+        self._write_preview()
         log.info(
             "resumed canvas in %s after %d batches (%d rows final, %d spill parts)",
             self._loc.url,
