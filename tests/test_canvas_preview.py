@@ -38,8 +38,10 @@ def batches(order: str, rows: int = SHAPE[0]) -> list[tuple[dict[str, np.ndarray
     return out
 
 
-def block_means(sent, factor: int) -> dict[str, np.ndarray]:
-    """The expected preview: weighted sums and weights of everything sent, per F x F block."""
+def block_means(sent, factor: int, final_rows: int = 0) -> dict[str, np.ndarray]:
+    """The expected preview of everything sent: per F x F block, the ratio of the weighted
+    sums and weights; for the blocks of the first ``final_rows`` canvas rows (written as
+    final), the mean of the normalised pixels, as in the image's pyramid."""
     weight = np.zeros(SHAPE, np.float64)
     sums = {"prob": np.zeros((*SHAPE, 2)), "count": np.zeros((*SHAPE, 1))}
     for values, boxes in sent:
@@ -56,11 +58,17 @@ def block_means(sent, factor: int) -> dict[str, np.ndarray]:
         return padded.reshape(ch, factor, cw, factor, *a.shape[2:]).sum(axis=(1, 3))
 
     w = blocks(weight)
+    pixels = blocks(np.ones(SHAPE))
+    final = (np.arange(ch) < final_rows // factor)[:, None]
     out = {}
     with np.errstate(invalid="ignore", divide="ignore"):
         for head, acc in sums.items():
-            mean = np.moveaxis(blocks(acc) / w[..., None], -1, 0)
-            out[head] = np.where(w > 0, mean, 0)
+            weighted = np.where(w > 0, np.moveaxis(blocks(acc) / w[..., None], -1, 0), 0)
+            normalised = np.where(weight[..., None] > 0, acc / weight[..., None], 0)
+            if head == "count":
+                normalised = np.rint(normalised)
+            pixel_mean = np.moveaxis(blocks(normalised) / pixels[..., None], -1, 0)
+            out[head] = np.where(final, pixel_mean, weighted)
     return out
 
 
@@ -88,7 +96,8 @@ def test_the_preview_holds_block_means_of_everything_on_disk(tmp_path, order, bu
     state = canvas_state(node.location)
     factor = state.preview["factor"]
     assert factor == preview_factor(canvas.spec, canvas.memory_budget)
-    expected = block_means(sent, factor)
+    assert (state.rows_final > 0) == (order == "row-major")
+    expected = block_means(sent, factor, canvas.rows_written)
     np.testing.assert_allclose(preview_level(node, "prob"), expected["prob"], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(preview_level(node, "count"), np.rint(expected["count"]), atol=1)
     # display ranges: never NaN, within the values sent
@@ -192,7 +201,7 @@ def test_the_preview_of_a_canvas_on_s3(s3_root):
     canvas.checkpoint()
     node.location.fs.invalidate_cache()
     state = canvas_state(node.url)
-    expected = block_means(sent, state.preview["factor"])["prob"]
+    expected = block_means(sent, state.preview["factor"], canvas.rows_written)["prob"]
     np.testing.assert_allclose(preview_level(node, "prob"), expected, rtol=1e-4, atol=1e-5)
     assert all(math.isfinite(v) for pair in state.value_range("prob") for v in pair)
     canvas.close()

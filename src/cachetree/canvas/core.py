@@ -24,7 +24,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .kinds import CHECKPOINT_KIND, SPILL_KIND, STAGING, STAGING_KIND
-from .preview import read_preview_pointer, write_preview
+from .preview import block_mean, read_preview_pointer, write_preview
 from .rows import RowWriter
 from .spec import CanvasSpec, HeadSpec, NanPolicy, Order, spec_differences
 from .spill import add_spilled_tile, parts_to_adopt, remove_part_dirs
@@ -39,6 +39,8 @@ PREVIEW_INTERVAL = 2.0
 """Fewest seconds between two writes of the preview while merging (checkpoints always write
 it); at least 50 times the last write's duration, so writing it costs at most 2 %."""
 PREVIEW_COST_SHARE = 50
+FINAL_LEVEL = 2
+"""Pyramid level the preview of final rows is read from, at most (see _use_written_levels)."""
 
 Role = Literal["canvas", "worker"]
 """What ``Canvas(..., role=...)`` makes: a :class:`Canvas` or a :class:`WorkerCanvas`."""
@@ -192,6 +194,8 @@ class Canvas(CanvasBase):
         self._checkpoint: PartInfo | None = None
         self._preview_written: tuple[int, float] = (-1, 0.0)  # version, time
         self._preview_pause = PREVIEW_INTERVAL
+        self._final_level = -1  # pyramid level final rows of the preview are read from
+        self._final_rows = 0  # chunk rows of that level already in the preview
         self._preview_seq = 0
         try:
             if adopt is not None:
@@ -223,8 +227,50 @@ class Canvas(CanvasBase):
         elif time.monotonic() - self._preview_written[1] >= self._preview_pause:
             self._write_preview()
 
+    def _use_written_levels(self) -> None:
+        """Take the preview of final rows from the pyramid levels built as rows are written
+        (no extra pass over the tiles), when their chunks cover whole preview cells.
+
+        Level 2 at most: a chunk row of level ``k`` is complete once ``2**k`` tile rows are,
+        so final rows reach the preview in bands of up to four tile rows.
+        """
+        built, tile, factor = self._rows.built_levels(), self.spec.tile, self._preview.factor
+        level = min(built, factor.bit_length() - 1, FINAL_LEVEL)
+        ratio = factor >> level
+        self._final_level = level if built and tile % ratio == 0 else -1
+        self._final_rows = 0
+
+    def _sync_final_rows(self, *, partial: bool = False) -> None:
+        """Copy the coarse level of rows written since the last call into the preview.
+
+        With ``partial``, the rows of the band not complete yet are read from level 0 too
+        (a checkpoint's preview then shows every row written).
+        """
+        level = self._final_level
+        if level < 0:
+            return
+        span, grid, durable = 1 << level, self.spec.grid[0], self._rows.rows_durable
+        factor = self._preview.factor
+        cells = self.spec.tile // (factor >> level)
+        while (
+            self._final_rows * span < grid and min((self._final_rows + 1) * span, grid) <= durable
+        ):
+            chunk_row = self._rows.level_row(level, self._final_rows)
+            means = {head: block_mean(block, factor >> level) for head, block in chunk_row.items()}
+            self._preview.set_rows(self._final_rows * cells, means)
+            self._final_rows += 1
+        first = self._final_rows * span
+        if partial and self.spec.tile % factor == 0 and first < durable:
+            blocks = [self._rows.level_row(0, ty) for ty in range(first, durable)]
+            means = {
+                head: block_mean(np.concatenate([b[head] for b in blocks], axis=1), factor)
+                for head in self.spec.heads
+            }
+            self._preview.set_rows(first * self.spec.tile // factor, means)
+
     def _write_preview(self) -> None:
         """Write the preview pyramid, unless nothing left memory since the last one."""
+        self._sync_final_rows()
         version = self._preview.version
         if version == self._preview_written[0]:
             return
@@ -262,7 +308,7 @@ class Canvas(CanvasBase):
         """Sum a tile's resident and spilled contributions, normalise it and write it."""
         buf = self._store.resident.pop(key, None)
         refs = self._spills.refs.pop(key, [])
-        if buf is not None:
+        if buf is not None and self._final_level < 0:
             self._to_preview(key, buf)  # before the spilled contributions, counted already
         if buf is None and not refs:
             self._rows.empty_tile(*key)
@@ -317,6 +363,7 @@ class Canvas(CanvasBase):
                     raise InvalidDataError(f"batches_done must be >= 0, got {batches_done}")
                 self._batches_done = batches_done
             self._spill_all()
+            self._sync_final_rows(partial=True)
             referenced = self._spills.referenced()
             seq = self._take_seq()
             state = {
@@ -373,6 +420,7 @@ class Canvas(CanvasBase):
             meta={"canvas": self._spec_json},
         )
         self._rows.create()
+        self._use_written_levels()
         self._write_preview()
 
     def _adopt(self, parts: Sequence[str | PartInfo]) -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "PREVIEW",
     "PREVIEW_MAX_BYTES",
     "PreviewAccumulator",
+    "block_mean",
     "preview_factor",
     "read_preview_pointer",
     "write_preview",
@@ -82,6 +83,18 @@ def _block_sum(values: np.ndarray, y0: int, x0: int, factor: int) -> np.ndarray:
     return by_cols.reshape(rows, cols, *rest)
 
 
+def block_mean(values: np.ndarray, factor: int) -> np.ndarray:
+    """Means of ``(C, h, w)`` values over ``factor x factor`` blocks (edge blocks: their
+    pixels only)."""
+    work = np.result_type(values.dtype, np.float32)
+    if factor == 1:
+        return values.astype(work)
+    _, h, w = values.shape
+    counts = _block_sum(np.ones((h, w), work), 0, 0, factor)
+    sums = np.stack([_block_sum(plane.astype(work, copy=False), 0, 0, factor) for plane in values])
+    return sums / counts
+
+
 def _halve(values: np.ndarray) -> np.ndarray:
     """Sums over 2 x 2 cells (an odd last row or column is summed alone)."""
     return _block_sum(values, 0, 0, 2)
@@ -120,6 +133,19 @@ class PreviewAccumulator:
                 self.sums[name][region][..., 0] += _block_sum(part[..., 0], y0, x0, factor)
             else:
                 self.sums[name][region] += _block_sum(part, y0, x0, factor)
+        self.version += 1
+
+    def set_rows(self, row: int, means: Mapping[str, np.ndarray]) -> None:
+        """Replace cell rows from ``row`` on by final means (``(C, h, w)`` per head, at the
+        preview factor): rows no patch reaches any more, taken from the written pyramid.
+
+        They count as covered, with the weight of ``F x F`` pixels of weight 1.
+        """
+        area = float(self.factor * self.factor)
+        for name, mean in means.items():
+            rows = slice(row, row + mean.shape[1])
+            self.sums[name][rows] = np.moveaxis(mean, 0, -1) * area
+            self.weight[rows] = area
         self.version += 1
 
     # -- checkpoints ----------------------------------------------------------------------

@@ -207,6 +207,37 @@ class RowWriter:
             if image.location.is_local:
                 self._written += paths
 
+    # -- coarse levels of the rows written -----------------------------------------------
+    def built_levels(self) -> int:
+        """Pyramid levels built while rows are written (0 for a resumed run, whose levels
+        are built at the end)."""
+        if self._assemblers is None or not self._images:
+            return 0
+        return len(next(iter(self._images.values())).shapes) - 1
+
+    def level_row(self, level: int, row: int) -> dict[str, np.ndarray]:
+        """Chunk row ``row`` of pyramid ``level`` of every head, ``(C, h, w)``.
+
+        Complete once every level-0 tile row it covers is durable (:attr:`rows_durable`).
+        """
+        out = {}
+        for name, image in self._images.items():
+            *lead, _, columns = image.grid(level)
+            channels = lead[0] if lead else 1
+            out[name] = np.stack(
+                [
+                    np.concatenate(
+                        [
+                            image.read_chunk(level, (c, row, tx) if lead else (row, tx))
+                            for tx in range(columns)
+                        ],
+                        axis=1,
+                    )
+                    for c in range(channels)
+                ]
+            )
+        return out
+
     # -- state for checkpoints ------------------------------------------------------------
     def value_ranges(self) -> dict[str, np.ndarray]:
         """Head name to its ``(2, C)`` running (min, max) per channel."""
