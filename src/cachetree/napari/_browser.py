@@ -45,12 +45,13 @@ from cachetree.tree.walk import NodeInfo
 from ._compare import compare_nodes
 from ._details import row_details
 from ._docking import BROWSER, arrange_when_docked
-from ._layers import Opened, add_layers, open_item, open_node, open_part
+from ._layers import Opened, open_item, open_node, open_part
 from ._listing import Listing, list_node
+from ._live import update_canvas_layers
 from ._node_tree import NodeTree, row_data
 from ._plot_pane import PlotPane
 from ._selection import selection_for
-from ._threads import busy, qt_alive, run_in_thread
+from ._threads import add_in_steps, busy, qt_alive, run_in_thread
 
 if TYPE_CHECKING:
     import napari
@@ -80,6 +81,7 @@ class CacheTreeBrowser(QWidget):
         self.root: Location | None = None
         self._pending: set[str] = set()
         self._generation = 0
+        self._adding = 0
 
         self.root_edit = QLineEdit()
         self.root_edit.setPlaceholderText("cache root: folder or fsspec URL (s3://...)")
@@ -231,7 +233,9 @@ class CacheTreeBrowser(QWidget):
 
     # -- listing --------------------------------------------------------------------------
     def refresh(self) -> None:
-        """List every expanded node again and update the rows in place."""
+        """List every expanded node again and update the rows in place; layers of canvases
+        still merging get what was merged since."""
+        update_canvas_layers(self, self.viewer)
         if self.root is None:
             self._load_typed_root()
             return
@@ -271,8 +275,8 @@ class CacheTreeBrowser(QWidget):
 
     @property
     def busy(self) -> bool:
-        """Whether a listing or opening is still running."""
-        return busy(self)
+        """Whether a listing or opening is still running (or its layers being added)."""
+        return busy(self) or self._adding > 0
 
     def set_live(self, on: bool, interval: float | None = None) -> None:
         """Turn live mode on or off; ``interval`` is in seconds."""
@@ -402,7 +406,14 @@ class CacheTreeBrowser(QWidget):
                 opened.problems.append(str(exc))
             else:
                 self.lower_pane.setCurrentWidget(self.plot_pane)
-        layers = add_layers(self.viewer, opened.layers)
+        self.status_label.setText(f"adding {len(opened.layers)} layer(s) …")
+        self._adding += 1
+        add_in_steps(self.viewer, opened.layers, then=partial(self._added, opened))
+
+    def _added(self, opened: Opened, layers: list[Any]) -> None:
+        self._adding -= 1
+        if not qt_alive(self):
+            return
         for problem in opened.problems:
             show_warning(f"cannot show {problem}")
         shown_below = opened.text is not None or opened.plot is not None

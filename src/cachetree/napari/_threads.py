@@ -123,23 +123,27 @@ def run_task(
     return worker
 
 
-def add_in_steps(viewer: Any, layers: list[Any], then: Callable[[], None] | None = None) -> None:
-    """Add layer data tuples to ``viewer`` one per event loop turn, then call ``then``.
+def add_in_steps(
+    viewer: Any, layers: list[Any], then: Callable[[list[Any]], None] | None = None
+) -> None:
+    """Add layer data tuples to ``viewer`` one per event loop turn, then call ``then`` with
+    the layers shown (new or reused).
 
-    Adding a layer builds its controls and visuals on the GUI thread; adding a dozen in one
-    go would freeze the viewer for that long.
+    Adding a layer builds its controls and visuals, and reads the chunks it shows first, on
+    the GUI thread; adding a dozen in one go would freeze the viewer for that long.
     """
     from qtpy.QtCore import QTimer
 
     from ._layers import add_layers
 
     pending = list(layers)
+    shown: list[Any] = []
 
     def step() -> None:
         if pending:
-            add_layers(viewer, [pending.pop(0)])
+            shown.extend(add_layers(viewer, [pending.pop(0)]))
             QTimer.singleShot(0, step)
         elif then is not None:
-            then()
+            then(shown)
 
     step()
