@@ -51,7 +51,7 @@ from ._live import update_canvas_layers
 from ._node_tree import NodeTree, row_data
 from ._plot_pane import PlotPane
 from ._selection import selection_for
-from ._threads import add_in_steps, busy, qt_alive, run_in_thread
+from ._threads import add_in_steps, build_layers, busy, qt_alive, run_in_thread
 
 if TYPE_CHECKING:
     import napari
@@ -341,11 +341,11 @@ class CacheTreeBrowser(QWidget):
         self.status_label.setText(f"opening {label or '/'} …")
         callbacks = {"on_return": self._opened, "on_error": partial(self._open_failed, label)}
         if data.kind == "node":
-            run_in_thread(self, open_node, node, root, **callbacks)
+            run_in_thread(self, _built, open_node, node, root, **callbacks)
         elif data.kind == "item":
-            run_in_thread(self, open_item, node, root, data.entry, **callbacks)
+            run_in_thread(self, _built, open_item, node, root, data.entry, **callbacks)
         else:
-            run_in_thread(self, open_part, node, root, data.part, **callbacks)
+            run_in_thread(self, _built, open_part, node, root, data.part, **callbacks)
 
     # -- comparing ------------------------------------------------------------------------
     def selected_nodes(self) -> list[str]:
@@ -431,6 +431,13 @@ def _disconnect(selection: Any, tree_changed: Any, viewer: Any, inserted: Any, *
     """Stop listening to the selection and the layer list once the browser is gone."""
     selection.tree_changed.disconnect(tree_changed)
     viewer.layers.events.inserted.disconnect(inserted)
+
+
+def _built(opener: Any, *args: Any) -> Opened:
+    """Worker thread: what ``opener(*args)`` opens, its layers made (:func:`build_layers`)."""
+    opened = opener(*args)
+    opened.layers = build_layers(opened.layers)
+    return opened
 
 
 def _open_root(root: str | Location) -> tuple[Location, Listing | None]:
