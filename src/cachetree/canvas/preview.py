@@ -37,6 +37,7 @@ __all__ = [
     "PREVIEW_MAX_BYTES",
     "PreviewAccumulator",
     "block_mean",
+    "display_range",
     "preview_factor",
     "read_preview_pointer",
     "write_preview",
