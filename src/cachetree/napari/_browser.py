@@ -364,6 +364,7 @@ class CacheTreeBrowser(QWidget):
         self.status_label.setText(f"comparing {label} …")
         run_in_thread(
             self,
+            _built,
             compare_nodes,
             self.root,
             *paths,
