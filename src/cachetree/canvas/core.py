@@ -24,7 +24,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .kinds import CHECKPOINT_KIND, SPILL_KIND, STAGING, STAGING_KIND
-from .preview import block_mean, read_preview_pointer, write_preview
+from .preview import read_preview_pointer, write_preview
 from .rows import RowWriter
 from .spec import CanvasSpec, HeadSpec, NanPolicy, Order, spec_differences
 from .spill import add_spilled_tile, parts_to_adopt, remove_part_dirs
@@ -255,15 +255,14 @@ class Canvas(CanvasBase):
         while (
             self._final_rows * span < grid and min((self._final_rows + 1) * span, grid) <= durable
         ):
-            chunk_row = self._rows.level_row(level, self._final_rows)
-            means = {head: block_mean(block, factor >> level) for head, block in chunk_row.items()}
+            means = self._rows.level_row_means(level, self._final_rows, factor >> level)
             self._preview.set_rows(self._final_rows * cells, means)
             self._final_rows += 1
         first = self._final_rows * span
         if partial and self.spec.tile % factor == 0 and first < durable:
-            blocks = [self._rows.level_row(0, ty) for ty in range(first, durable)]
+            rows = [self._rows.level_row_means(0, ty, factor) for ty in range(first, durable)]
             means = {
-                head: block_mean(np.concatenate([b[head] for b in blocks], axis=1), factor)
+                head: np.concatenate([row[head] for row in rows], axis=1)
                 for head in self.spec.heads
             }
             self._preview.set_rows(first * self.spec.tile // factor, means)

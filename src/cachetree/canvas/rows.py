@@ -16,6 +16,7 @@ from ..fs.location import Location
 from ..images.ngff import ImageInfo, read_image
 from ..images.pyramid import ImageWriter, PyramidAssembler, finite_range
 from ..tree.node import Node
+from .blocks import block_mean
 from .kinds import PROGRESS
 from .pool import BoundedPool
 from .spec import CanvasSpec
@@ -215,8 +216,9 @@ class RowWriter:
             return 0
         return len(next(iter(self._images.values())).shapes) - 1
 
-    def level_row(self, level: int, row: int) -> dict[str, np.ndarray]:
-        """Chunk row ``row`` of pyramid ``level`` of every head, ``(C, h, w)``.
+    def level_row_means(self, level: int, row: int, factor: int) -> dict[str, np.ndarray]:
+        """Chunk row ``row`` of pyramid ``level`` of every head, ``(C, h, w)``, averaged over
+        ``factor x factor`` blocks chunk by chunk (only one chunk is held at a time).
 
         Complete once every level-0 tile row it covers is durable (:attr:`rows_durable`).
         """
@@ -228,7 +230,12 @@ class RowWriter:
                 [
                     np.concatenate(
                         [
-                            image.read_chunk(level, (c, row, tx) if lead else (row, tx))
+                            block_mean(
+                                image.read_chunk(level, (c, row, tx) if lead else (row, tx))[
+                                    np.newaxis
+                                ],
+                                factor,
+                            )[0]
                             for tx in range(columns)
                         ],
                         axis=1,
