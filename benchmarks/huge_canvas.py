@@ -1,18 +1,21 @@
-"""Time to the first rendered frame of a huge canvas in napari, against a small one.
+"""Time to the first rendered frame of canvases of any size in napari, finished or still merging.
 
 Run under an X server (``xvfb-run -a python benchmarks/huge_canvas.py``; ``--help`` for
 sizes). In one invocation it
 
-1. builds a cache tree with two canvas nodes, each holding one head as an OME-Zarr pyramid
-   (NGFF 0.4, zarr format 2, 512 x 512 float32 chunks, levels halved down to 256 px):
-   ``small`` of 2 000 x 2 000 and ``huge`` of 100 000 x 100 000 pixels. The huge one is
-   *sparse*: only the chunks that touch a few tissue-like islands are written (zarr reads a
-   missing chunk as the fill value), so the 40 GB canvas costs a few MB of disk;
-2. opens a real napari viewer and, for each canvas in turn, times ``viewer.open(node,
+1. builds a cache tree with, for each size (2 048², 32 768² and 100 000² by default), two
+   canvas nodes merged with the public :class:`~cachetree.canvas.Canvas` API from the same
+   patches (256 px, one float32 head, in any order) over five tissue-like islands:
+   ``finished-<size>``, finalised (OME-Zarr pyramid, 512 x 512 chunks), and
+   ``unfinished-<size>``, stopped after 90 % of its batches (a checkpoint, then the process
+   lets go: spill parts, staging area and preview on disk, as a killed run leaves them).
+   Only the islands are merged (a masked slide), so a 100 000² canvas costs a few MB of disk;
+2. opens a real napari viewer and, for each node in turn, times ``viewer.open(node,
    plugin="cachetree")`` up to the first frame drawn with data (``viewer.screenshot``),
    with napari's chunk cache off so every trial reads from storage;
-3. reports the median times and their ratio (huge / small). Flat in canvas size means a
-   ratio near 1: only the pyramid level on screen is read, whatever the size of level 0.
+3. reports the median times, the level on screen and its chunks in view, and the ratios
+   unfinished / finished per size (the target is at most 1.5) and largest / smallest per
+   state (flat in canvas size means near 1).
 
 A frame counts as drawn when the screenshot shows data pixels (not only background).
 """
@@ -20,18 +23,15 @@ A frame counts as drawn when the screenshot shows data pixels (not only backgrou
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import zarr
-from numcodecs import Blosc
 
 TILE = 512
-MIN_SIZE = 256
+PATCH = 256
 
 
 def island_value(y: np.ndarray, x: np.ndarray, islands: list[tuple[float, float, float]]):
@@ -43,88 +43,6 @@ def island_value(y: np.ndarray, x: np.ndarray, islands: list[tuple[float, float,
     return np.clip(out, 0, 1).astype(np.float32)
 
 
-def level_shapes(size: int) -> list[int]:
-    """Edge of every pyramid level: halved (rounding up) until at most MIN_SIZE."""
-    sizes = [size]
-    while sizes[-1] > MIN_SIZE:
-        sizes.append(-(-sizes[-1] // 2))
-    return sizes
-
-
-def write_sparse_pyramid(path: Path, size: int, islands: list[tuple[float, float, float]]):
-    """Write an OME-Zarr pyramid where only the chunks touching ``islands`` exist.
-
-    Returns the number of chunks written.
-    """
-    group = zarr.open_group(str(path), mode="w", zarr_format=2)
-    sizes = level_shapes(size)
-    written = 0
-    for level, edge in enumerate(sizes):
-        factor = 2**level
-        array = group.create_array(
-            str(level),
-            shape=(edge, edge),
-            chunks=(min(TILE, edge),) * 2,
-            dtype="f4",
-            fill_value=0,
-            compressors=Blosc(cname="zstd", clevel=3, shuffle=Blosc.SHUFFLE),
-            chunk_key_encoding={"name": "v2", "separator": "/"},
-        )
-        chunk = array.chunks[0]
-        wanted: set[tuple[int, int]] = set()
-        for cy, cx, radius in islands:  # chunks whose box meets an island's bounding box
-            lo = [max(0, int((c - radius) / factor) // chunk) for c in (cy, cx)]
-            hi = [min(edge - 1, int((c + radius) / factor)) // chunk for c in (cy, cx)]
-            wanted |= {(i, j) for i in range(lo[0], hi[0] + 1) for j in range(lo[1], hi[1] + 1)}
-        for i, j in sorted(wanted):
-            ys = np.arange(i * chunk, min((i + 1) * chunk, edge))
-            xs = np.arange(j * chunk, min((j + 1) * chunk, edge))
-            # value at the level-0 position of each pixel centre (point-sampled pyramid)
-            block = island_value(
-                ((ys + 0.5) * factor - 0.5)[:, None], ((xs + 0.5) * factor - 0.5)[None, :], islands
-            )
-            array[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1] = block
-            written += 1
-    datasets = []
-    for level in range(len(sizes)):
-        factor = 2**level
-        shift = (factor - 1) / 2
-        datasets.append(
-            {
-                "path": str(level),
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": [float(factor)] * 2},
-                    *([{"type": "translation", "translation": [shift] * 2}] if level else []),
-                ],
-            }
-        )
-    group.attrs.update(
-        {
-            "multiscales": [
-                {
-                    "version": "0.4",
-                    "name": path.name.removesuffix(".ome.zarr"),
-                    "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-                    "datasets": datasets,
-                    "type": "mean",
-                }
-            ],
-            "omero": {
-                "version": "0.4",
-                "channels": [
-                    {
-                        "label": "tumour",
-                        "color": "FFFFFF",
-                        "active": True,
-                        "window": {"min": 0.0, "max": 1.0, "start": 0.0, "end": 1.0},
-                    }
-                ],
-            },
-        }
-    )
-    return written
-
-
 def islands_for(size: int) -> list[tuple[float, float, float]]:
     """Five islands spread over the canvas, each about 2 000 px wide (or a fifth of a small one)."""
     radius = min(1000.0, size / 10)
@@ -132,19 +50,49 @@ def islands_for(size: int) -> list[tuple[float, float, float]]:
     return [(fy * size, fx * size, radius) for fy, fx in spots]
 
 
-def build_tree(root: Path, sizes: dict[str, int]) -> dict[str, tuple[Path, int]]:
-    """A cache tree with one committed canvas node per size; node path and chunks written."""
+def island_patches(size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Batches of 32 patches (values, boxes) covering the islands, in a shuffled order."""
+    islands = islands_for(size)
+    boxes = set()
+    for cy, cx, radius in islands:
+        for y in range(max(0, int(cy - radius)) // 192 * 192, min(size, int(cy + radius)), 192):
+            for x in range(max(0, int(cx - radius)) // 192 * 192, min(size, int(cx + radius)), 192):
+                boxes.add((x, y, x + PATCH, y + PATCH))
+    order = np.random.default_rng(0).permutation(len(boxes))
+    ordered = np.array(sorted(boxes), np.int64)[order]
+    batches = []
+    for i in range(0, len(ordered), 32):
+        chunk = ordered[i : i + 32]
+        ys = chunk[:, 1, None, None] + np.arange(PATCH)[None, :, None] + 0.0
+        xs = chunk[:, 0, None, None] + np.arange(PATCH)[None, None, :] + 0.0
+        values = island_value(ys, xs, islands)[..., None]
+        batches.append((values, chunk))
+    return batches
+
+
+def build_tree(root: Path, sizes: list[int]) -> dict[str, tuple[Path, int]]:
+    """Finished and unfinished canvas nodes of every size; node path and batches merged."""
     from cachetree import CacheTree
+    from cachetree.canvas import Canvas
 
     tree = CacheTree(root)
     out = {}
-    for name, size in sizes.items():
-        with tree.node(name, params={"size": size}, kind="canvas") as node:
-            if node.writing:
-                chunks = write_sparse_pyramid(
-                    Path(node.item("tumour.ome.zarr").path), size, islands_for(size)
-                )
-        out[name] = (root / name, chunks)
+    for size in sizes:
+        batches = island_patches(size)
+        for state in ("finished", "unfinished"):
+            name = f"{state}-{size}"
+            node = tree.node(name, params={"size": size}).open()
+            canvas = Canvas(node, (size, size), {"tumour": 1}, tile=TILE, order="any")
+            sent = batches if state == "finished" else batches[: max(1, len(batches) * 9 // 10)]
+            for values, boxes in sent:
+                canvas.add({"tumour": values}, boxes)
+            if state == "finished":
+                canvas.finalize()
+            else:
+                canvas.checkpoint()
+                canvas.close()
+                node.abandon()
+            out[name] = (root / name, len(sent))
     return out
 
 
@@ -171,8 +119,9 @@ def first_frame_seconds(viewer, node: Path, save: Path | None = None) -> tuple[f
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--huge", type=int, default=100_000, help="edge of the huge canvas")
-    parser.add_argument("--small", type=int, default=2_000, help="edge of the small canvas")
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[2_048, 32_768, 100_000], help="canvas edges"
+    )
     parser.add_argument("--repeat", type=int, default=5, help="trials per canvas")
     parser.add_argument("--save-frames", type=Path, help="folder to save the last frames in")
     args = parser.parse_args(argv)
@@ -183,43 +132,43 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="cachetree-huge-canvas-") as tmp:
         start = time.perf_counter()
-        nodes = build_tree(Path(tmp) / "tree", {"small": args.small, "huge": args.huge})
+        nodes = build_tree(Path(tmp) / "tree", args.sizes)
         print(f"built the tree in {time.perf_counter() - start:.1f} s")
-        for name, (_path, chunks) in nodes.items():
-            size = args.small if name == "small" else args.huge
-            levels = len(level_shapes(size))
-            total = sum(math.ceil(e / TILE) ** 2 for e in level_shapes(size))
-            print(
-                f"  {name:>5}: {size} x {size} px, {levels} levels, {chunks} of {total} chunks "
-                f"written ({size * size * 4 / 1e9:.3g} GB as dense float32)"
-            )
+        for name, (path, batches) in nodes.items():
+            disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            print(f"  {name:>18}: {batches} batches merged, {disk / 1e6:.1f} MB on disk")
 
         napari.utils.resize_dask_cache(0)  # every trial reads from storage
         viewer = napari.Viewer(show=True)
         viewer.window._qt_window.resize(1200, 900)
         QApplication.processEvents()
-        first_frame_seconds(viewer, nodes["small"][0])  # warm up GL, imports, the reader
-        times: dict[str, list[float]] = {"small": [], "huge": []}
+        warm = nodes[f"finished-{args.sizes[0]}"][0]
+        first_frame_seconds(viewer, warm)  # warm up GL, imports, the reader
+        times: dict[str, list[float]] = {name: [] for name in nodes}
         shown: dict[str, tuple[int, int]] = {}
         for _ in range(args.repeat):
-            for name in ("small", "huge"):  # interleaved, so drift hits both alike
-                seconds, level, chunks = first_frame_seconds(
-                    viewer, nodes[name][0], args.save_frames
-                )
+            for name, (path, _batches) in nodes.items():  # interleaved: drift hits all alike
+                seconds, level, chunks = first_frame_seconds(viewer, path, args.save_frames)
                 times[name].append(seconds)
                 shown[name] = (level, chunks)
         viewer.close()
 
+    median = {name: statistics.median(t) for name, t in times.items()}
     print(f"\ntime to first rendered frame (median of {args.repeat}, napari chunk cache off)")
-    for name, size in (("small", args.small), ("huge", args.huge)):
+    for name in nodes:
         level, chunks = shown[name]
         print(
-            f"  {name:>5} {size:>7} x {size:<7} {statistics.median(times[name]):6.3f} s   "
-            f"(level {level} on screen, {chunks} chunk(s) of it visible; "
-            f"min {min(times[name]):.3f} s, max {max(times[name]):.3f} s)"
+            f"  {name:>18} {median[name]:6.3f} s   (level {level} on screen, {chunks} chunk(s) "
+            f"of it in view; min {min(times[name]):.3f} s, max {max(times[name]):.3f} s)"
         )
-    ratio = statistics.median(times["huge"]) / statistics.median(times["small"])
-    print(f"  ratio huge / small: {ratio:.2f}  (flat in canvas size means near 1)")
+    print("ratio unfinished / finished (target <= 1.5)")
+    for size in args.sizes:
+        ratio = median[f"unfinished-{size}"] / median[f"finished-{size}"]
+        print(f"  {size:>7} x {size:<7} {ratio:.2f}")
+    small, large = min(args.sizes), max(args.sizes)
+    for state in ("finished", "unfinished"):
+        ratio = median[f"{state}-{large}"] / median[f"{state}-{small}"]
+        print(f"ratio {state} {large}² / {small}²: {ratio:.2f}  (flat in canvas size: near 1)")
     return 0
 
 

@@ -310,7 +310,12 @@ def test_cli_and_napari_on_s3(client, expected, s3_root, tmp_path):
     assert state is not None and (state.tasks_done, state.tasks_total) == (8, 8)
     reader = get_reader(f"{root}/merge")
     assert reader is not None
-    layers = {kw["metadata"]["canvas_head"]: data for data, kw, _ in reader(f"{root}/merge")}
+    layers = {
+        (kw["metadata"] if isinstance(kw["metadata"], dict) else kw["metadata"][0])[
+            "canvas_head"
+        ]: data
+        for data, kw, _ in reader(f"{root}/merge")
+    }
     for head, levels in expected.items():
         level0 = layers[head][0] if isinstance(layers[head], list) else layers[head]
         np.testing.assert_allclose(np.asarray(level0), levels[0], rtol=1e-5, atol=1e-5)

@@ -155,7 +155,7 @@ def test_a_spill_part_stands_out_from_its_canvas(make_napari_viewer, qtbot, tree
 
     viewer = make_napari_viewer(show=True)
     layers = viewer.open(str(tree_root / "merge"), plugin="cachetree")
-    head = viewer.layers["merge:prob [0]"]
+    head = viewer.layers["merge:prob [0] (50 % merged)"]
     root = Location.from_url(str(tree_root))
     node = Node(root.join("merge"), root=root)
     part = next(p for p in list_parts(node.location) if p.kind == SPILL_KIND)

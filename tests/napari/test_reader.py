@@ -52,9 +52,9 @@ def test_opening_a_root_shows_its_nodes_images_in_pipeline_order(make_napari_vie
     assert list(shown) == [  # nodes in the order they were made, breadth first
         "segment:probability [tumour]",
         "segment:probability [stroma]",
-        "merge:mask",
-        "merge:prob [0]",
-        "merge:prob [1]",
+        "merge:mask (50 % merged)",
+        "merge:prob [0] (50 % merged)",
+        "merge:prob [1] (50 % merged)",
         "merged:mask",
         "merged:prob [tumour]",
         "merged:prob [stroma]",
@@ -76,8 +76,11 @@ def test_a_spilled_unfinished_canvas_opens_normalised_and_lazy(make_napari_viewe
 
     viewer = make_napari_viewer()
     mask, prob0, prob1 = viewer.open(str(tree_root / "merge"), plugin="cachetree")
-    assert prob0.name == "merge:prob [0]" and prob1.name == "merge:prob [1]"
+    # named with the share merged so far: the top 160 of 300 rows (in 32-px preview blocks)
+    assert prob0.name == "merge:prob [0] (50 % merged)"
+    assert prob1.name == "merge:prob [1] (50 % merged)"
     assert prob0.multiscale and prob0.data[0].shape == CANVAS_SHAPE
+    np.testing.assert_allclose(prob0.contrast_limits, (0, 1))  # from the preview, no scan
     assert isinstance(prob0.data[0], da.Array)
     # the merged top rows hold the normalised mean, rows no patch reached the fill value
     np.testing.assert_allclose(np.asarray(prob0.data[0][:100, :480]), PROB[0], rtol=1e-6)

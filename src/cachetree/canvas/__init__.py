@@ -23,11 +23,14 @@ node with unchanged parameters)::
     .cachetree-parts/canvas-staging/           part (kind "canvas-staging"): the spec
         progress.json                          tile rows whose level 0 is complete
         <head>.ome.zarr/0/...                  level 0 of each head, row by row
+        preview.json                           the newest preview: folder, factor, ranges
+        preview-00000004/<head>.ome.zarr       the preview pyramid (coarse block means)
     .cachetree-parts/canvas-spill-00000007/    part (kind "canvas-spill"): some tiles
         <ty>_<tx>/weight.npy                   weight sum of the tile's touched box
         <ty>_<tx>/<head>/sum.npy               weighted value sum, (h, w, C)
     .cachetree-parts/canvas-checkpoint-00000009/   part (kind "canvas-checkpoint")
         stats/<head>.npy                       running (min, max) per channel
+        preview/weight.npy, preview/sum/<head>.npy   the preview's block sums
     <head>.ome.zarr, canvas.json               after finalize()
 
 Several processes can merge one canvas (see :mod:`cachetree.canvas.cluster`): each
@@ -43,7 +46,8 @@ parts that finished tasks list (``adopt=[...]``) and finalises them::
 One module per job: ``spec`` (the validated :class:`CanvasSpec`, the one description of a
 canvas), ``batch`` (checking a batch), ``tiles`` (the resident tiles, their buffer pool and
 the eviction policy), :mod:`~cachetree.canvas.spill` (spill parts: writing, reading back,
-decoding), :mod:`~cachetree.canvas.checkpoint`, ``rows`` (normalising finished rows into the
+decoding), :mod:`~cachetree.canvas.checkpoint`, :mod:`~cachetree.canvas.preview` (the
+coarse preview kept on disk while merging), ``rows`` (normalising finished rows into the
 output images), ``base``, ``core`` and ``worker`` (the canvases; background writes run on
 a :class:`~cachetree.fs.pool.BoundedPool`), :mod:`~cachetree.canvas.view` (what is on disk,
 from any process), :mod:`~cachetree.canvas.cluster` (merging on a dask cluster) and

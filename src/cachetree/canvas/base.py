@@ -12,6 +12,7 @@ from ..errors import FinalizedError, InvalidDataError
 from ..fs.location import Location, fsync_path, storage_errors
 from ..fs.pool import BoundedPool
 from .batch import Batch, prepare_batch
+from .preview import PreviewAccumulator, preview_factor
 from .spec import CanvasSpec, HeadSpec, parse_memory_budget, weight_window
 from .spill import SpillStore
 from .tiles import TileBuffers, TileKey, TileStore
@@ -44,6 +45,7 @@ class CanvasBase:
         self._loc = location
         self._spec_json = spec.to_json()
         self._store = TileStore(spec, self.memory_budget)
+        self._preview = PreviewAccumulator(spec, preview_factor(spec, self.memory_budget))
         self._pool = BoundedPool(workers, "cachetree-canvas")
         self._spills = SpillStore(
             location, spill_prefix, self._spec_json, workers=workers, recycle=self._store.recycle
@@ -294,8 +296,15 @@ class CanvasBase:
         if not keys:
             return
         touched, lent = self._store.detach(keys)
+        for key, buf in touched:
+            self._to_preview(key, buf)
         if touched:
             self._spills.write(self._take_seq(), touched, lent)
+
+    def _to_preview(self, key: TileKey, buf: TileBuffers) -> None:
+        """Add a tile's accumulators, leaving memory, to the preview."""
+        if buf.dirty is not None:
+            self._preview.add_tile(*key, buf.weight, buf.sums, buf.dirty)
 
     def _take_seq(self) -> int:
         seq = self._next_seq

@@ -1,7 +1,8 @@
 """Checkpoint parts: the state a killed canvas resumes from.
 
 A checkpoint part (kind ``"canvas-checkpoint"``) holds each head's running value range as
-``stats/<head>.npy`` (``(2, C)``: min and max per channel) and in its meta the batch count,
+``stats/<head>.npy`` (``(2, C)``: min and max per channel), the preview accumulators as
+``preview/weight.npy`` and ``preview/sum/<head>.npy``, and in its meta the batch count,
 the tile rows final, the row-major frontier, the next part sequence number and the spill
 parts it covers.
 """
@@ -17,7 +18,12 @@ from ..fs.location import Location
 from ..tree.parts import PartInfo, write_part
 from .kinds import CHECKPOINT_KIND
 
-__all__ = ["checkpoint_value_range", "newest_checkpoint", "write_checkpoint"]
+__all__ = [
+    "checkpoint_preview",
+    "checkpoint_value_range",
+    "newest_checkpoint",
+    "write_checkpoint",
+]
 
 
 def write_checkpoint(
@@ -27,16 +33,20 @@ def write_checkpoint(
     state: Mapping[str, int],
     spill_parts: Sequence[str],
     ranges: Mapping[str, np.ndarray],
+    preview: Mapping[str, np.ndarray] | None = None,
 ) -> PartInfo:
     """Write checkpoint ``canvas-checkpoint-<seq>`` of the node at ``location``.
 
     ``state`` gives ``batches_done``, ``rows_final``, ``frontier`` and ``next_seq``;
-    ``ranges`` each head's ``(2, C)`` value range.
+    ``ranges`` each head's ``(2, C)`` value range; ``preview`` the preview accumulators
+    (:meth:`~cachetree.canvas.preview.PreviewAccumulator.arrays`).
     """
+    arrays = {f"stats/{head}": low_high for head, low_high in ranges.items()}
+    arrays.update({f"preview/{name}": array for name, array in (preview or {}).items()})
     return write_part(
         location,
         f"{CHECKPOINT_KIND}-{seq:08d}",
-        {f"stats/{head}": low_high for head, low_high in ranges.items()},
+        arrays,
         kind=CHECKPOINT_KIND,
         meta={
             "canvas": dict(spec_json),
@@ -61,3 +71,13 @@ def checkpoint_value_range(part: PartInfo, head: str) -> np.ndarray | None:
     if f"stats/{head}" not in part.arrays:
         return None
     return np.asarray(part.read(f"stats/{head}"), np.float64)
+
+
+def checkpoint_preview(part: PartInfo) -> dict[str, np.ndarray]:
+    """The preview accumulators stored in a checkpoint (empty for older checkpoints)."""
+    prefix = "preview/"
+    return {
+        name[len(prefix) :]: np.asarray(part.read(name))
+        for name in part.arrays
+        if name.startswith(prefix)
+    }

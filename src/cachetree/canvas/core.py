@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -23,8 +24,14 @@ from ..tree.parts import (
     write_part,
 )
 from .base import CanvasBase
-from .checkpoint import checkpoint_value_range, newest_checkpoint, write_checkpoint
+from .checkpoint import (
+    checkpoint_preview,
+    checkpoint_value_range,
+    newest_checkpoint,
+    write_checkpoint,
+)
 from .kinds import CHECKPOINT_KIND, SPILL_KIND, STAGING, STAGING_KIND
+from .preview import read_preview_pointer, write_preview
 from .rows import RowWriter
 from .spec import CanvasSpec, HeadSpec, NanPolicy, Order, spec_differences
 from .spill import add_spilled_tile, parts_to_adopt
@@ -34,6 +41,13 @@ from .worker import WorkerCanvas
 __all__ = ["Canvas", "Role"]
 
 log = logging.getLogger("cachetree")
+
+PREVIEW_INTERVAL = 2.0
+"""Fewest seconds between two writes of the preview while merging (checkpoints always write
+it); at least 50 times the last write's duration, so writing it costs at most 2 %."""
+PREVIEW_COST_SHARE = 50
+FINAL_LEVEL = 2
+"""Pyramid level the preview of final rows is read from, at most (see _use_written_levels)."""
 
 Role = Literal["canvas", "worker"]
 """What ``Canvas(..., role=...)`` makes: a :class:`Canvas` or a :class:`WorkerCanvas`."""
@@ -195,6 +209,11 @@ class Canvas(CanvasBase):
         self._staging = self._parts_root.raw_child(STAGING)
         self._rows = RowWriter(self._staging, spec, self._pool, node.ngff_format)
         self._checkpoint: PartInfo | None = None
+        self._preview_written: tuple[int, float] = (-1, 0.0)  # version, time
+        self._preview_pause = PREVIEW_INTERVAL
+        self._final_level = -1  # pyramid level final rows of the preview are read from
+        self._final_rows = 0  # chunk rows of that level already in the preview
+        self._preview_seq = 0
         try:
             if adopt is not None:
                 self._adopt(adopt)
@@ -222,6 +241,72 @@ class Canvas(CanvasBase):
     def _after_batch(self) -> None:
         if self.checkpoint_every and self._batches_done % self.checkpoint_every == 0:
             self.checkpoint()
+        elif time.monotonic() - self._preview_written[1] >= self._preview_pause:
+            self._write_preview()
+
+    def _use_written_levels(self) -> None:
+        """Take the preview of final rows from the pyramid levels built as rows are written
+        (no extra pass over the tiles), when their chunks cover whole preview cells.
+
+        Level 2 at most: a chunk row of level ``k`` is complete once ``2**k`` tile rows are,
+        so final rows reach the preview in bands of up to four tile rows.
+        """
+        built, tile, factor = self._rows.built_levels(), self.spec.tile, self._preview.factor
+        level = min(built, factor.bit_length() - 1, FINAL_LEVEL)
+        ratio = factor >> level
+        self._final_level = level if built and tile % ratio == 0 else -1
+        self._final_rows = 0
+
+    def _sync_final_rows(self, *, partial: bool = False) -> None:
+        """Copy the coarse level of rows written since the last call into the preview.
+
+        With ``partial``, the rows of the band not complete yet are read from level 0 too
+        (a checkpoint's preview then shows every row written).
+        """
+        level = self._final_level
+        if level < 0:
+            return
+        span, grid, durable = 1 << level, self.spec.grid[0], self._rows.rows_durable
+        factor = self._preview.factor
+        cells = self.spec.tile // (factor >> level)
+        while (
+            self._final_rows * span < grid and min((self._final_rows + 1) * span, grid) <= durable
+        ):
+            means = self._rows.level_row_means(level, self._final_rows, factor >> level)
+            self._preview.set_rows(self._final_rows * cells, means)
+            self._final_rows += 1
+        first = self._final_rows * span
+        if partial and self.spec.tile % factor == 0 and first < durable:
+            rows = [self._rows.level_row_means(0, ty, factor) for ty in range(first, durable)]
+            means = {
+                head: np.concatenate([row[head] for row in rows], axis=1)
+                for head in self.spec.heads
+            }
+            self._preview.set_rows(first * self.spec.tile // factor, means)
+
+    def _write_preview(self) -> None:
+        """Write the preview pyramid, unless nothing left memory since the last one."""
+        self._sync_final_rows()
+        version = self._preview.version
+        if version == self._preview_written[0]:
+            return
+        height = self.spec.shape[0]
+        merged = self._preview.coverage()
+        if self.spec.order == "row-major":
+            merged = max(merged, min(1.0, self._frontier / height))
+        status = {
+            "seq": self._preview_seq,
+            "batches_done": self._batches_done,
+            "merged": merged,
+        }
+        start = time.monotonic()
+        write_preview(
+            self._staging, self._preview_seq, self._preview, self._rows.value_ranges(), status
+        )
+        self._preview_seq += 1
+        end = time.monotonic()
+        self._preview_written = (version, end)
+        self._preview_pause = max(PREVIEW_INTERVAL, PREVIEW_COST_SHARE * (end - start))
 
     def _finalize_rows(self, upto: int) -> None:
         """Normalise and write tile rows ``rows_final .. upto - 1``."""
@@ -239,6 +324,8 @@ class Canvas(CanvasBase):
         """Sum a tile's resident and spilled contributions, normalise it and write it."""
         buf = self._store.resident.pop(key, None)
         refs = self._spills.refs.pop(key, [])
+        if buf is not None and self._final_level < 0:
+            self._to_preview(key, buf)  # before the spilled contributions, counted already
         if buf is None and not refs:
             self._rows.empty_tile(*key)
             return []
@@ -292,6 +379,7 @@ class Canvas(CanvasBase):
                     raise InvalidDataError(f"batches_done must be >= 0, got {batches_done}")
                 self._batches_done = batches_done
             self._spill_all()
+            self._sync_final_rows(partial=True)
             referenced = self._spills.referenced()
             seq = self._take_seq()
             state = {
@@ -301,7 +389,9 @@ class Canvas(CanvasBase):
                 "next_seq": self._next_seq,
             }
             ranges = self._rows.value_ranges()
-            info = write_checkpoint(self._loc, seq, self._spec_json, state, referenced, ranges)
+            info = write_checkpoint(
+                self._loc, seq, self._spec_json, state, referenced, ranges, self._preview.arrays()
+            )
             previous, self._checkpoint = self._checkpoint, info
             self._spills.kept = set(referenced)
             if previous is not None:
@@ -310,6 +400,8 @@ class Canvas(CanvasBase):
             for part in garbage:
                 self._drop_part(part)
             self._drain()
+            self._preview_written = (-1, 0.0)
+            self._write_preview()
             log.debug("canvas checkpoint %s after %d batches", info.name, self._batches_done)
 
     def flush_parts(self) -> list[str]:
@@ -344,6 +436,8 @@ class Canvas(CanvasBase):
             meta={"canvas": self._spec_json},
         )
         self._rows.create()
+        self._use_written_levels()
+        self._write_preview()
 
     def _adopt(self, parts: Sequence[str | PartInfo]) -> None:
         """Take over spill parts of worker canvases: :meth:`finalize` sums them in."""
@@ -388,11 +482,15 @@ class Canvas(CanvasBase):
         self._checkpoint = ckpt
         ranges = {h: checkpoint_value_range(ckpt, h) for h in self.spec.heads}
         self._rows.restore_value_ranges(ranges)
+        self._preview.restore(checkpoint_preview(ckpt))
         for info in parts:
             stale_spill = info.kind == SPILL_KIND and info.name not in self._spills.parts
             if stale_spill or (info.kind == CHECKPOINT_KIND and info.name != ckpt.name):
                 remove_part(info)
         self._rows.reopen(rows_final)
+        pointer = read_preview_pointer(self._staging) or {}
+        self._preview_seq = int(pointer.get("seq", -1)) + 1
+        self._write_preview()
         log.info(
             "resumed canvas in %s after %d batches (%d rows final, %d spill parts)",
             self._loc.url,

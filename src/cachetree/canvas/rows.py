@@ -17,6 +17,7 @@ from ..fs.pool import BoundedPool
 from ..images.ngff import ImageInfo, read_image
 from ..images.pyramid import ImageWriter, PyramidAssembler, finite_range
 from ..tree.node import Node
+from .blocks import block_mean
 from .kinds import PROGRESS
 from .spec import CanvasSpec
 from .tiles import TileBuffers
@@ -212,6 +213,43 @@ class RowWriter:
         if paths and self._staging.is_local:
             with self._lock:
                 self._written += paths
+
+    # -- coarse levels of the rows written -----------------------------------------------
+    def built_levels(self) -> int:
+        """Pyramid levels built while rows are written (0 for a resumed run, whose levels
+        are built at the end)."""
+        if self._assemblers is None or not self._images:
+            return 0
+        return len(next(iter(self._images.values())).shapes) - 1
+
+    def level_row_means(self, level: int, row: int, factor: int) -> dict[str, np.ndarray]:
+        """Chunk row ``row`` of pyramid ``level`` of every head, ``(C, h, w)``, averaged over
+        ``factor x factor`` blocks chunk by chunk (only one chunk is held at a time).
+
+        Complete once every level-0 tile row it covers is durable (:attr:`rows_durable`).
+        """
+        out = {}
+        for name, image in self._images.items():
+            *lead, _, columns = image.grid(level)
+            channels = lead[0] if lead else 1
+            out[name] = np.stack(
+                [
+                    np.concatenate(
+                        [
+                            block_mean(
+                                image.read_chunk(level, (c, row, tx) if lead else (row, tx))[
+                                    np.newaxis
+                                ],
+                                factor,
+                            )[0]
+                            for tx in range(columns)
+                        ],
+                        axis=1,
+                    )
+                    for c in range(channels)
+                ]
+            )
+        return out
 
     # -- state for checkpoints ------------------------------------------------------------
     def value_ranges(self) -> dict[str, np.ndarray]:

@@ -40,11 +40,19 @@ from .kinds import (
     STAGING_KIND,
     TASK_KIND,
 )
+from .preview import read_preview_pointer
 from .rows import normalise_block
 from .spec import HeadSpec
 from .spill import SpillRef, add_spilled_tile
 
-__all__ = ["CanvasState", "canvas_state", "is_canvas", "open_canvas"]
+__all__ = [
+    "CanvasPyramid",
+    "CanvasState",
+    "canvas_state",
+    "is_canvas",
+    "open_canvas",
+    "open_canvas_pyramid",
+]
 
 log = logging.getLogger("cachetree")
 
@@ -68,6 +76,9 @@ class CanvasState:
     tasks_done, tasks_total
         Of a canvas merged by several processes: tasks finished so far, and planned (None
         otherwise, and ``tasks_total`` also when no plan was written).
+    preview
+        The newest preview pointer (``preview.json``: folder, factor, display ranges, ...),
+        or None (a finalised canvas, or one written before previews existed).
     """
 
     spec: dict[str, Any]
@@ -77,6 +88,29 @@ class CanvasState:
     batches_done: int | None
     tasks_done: int | None = None
     tasks_total: int | None = None
+    preview: dict[str, Any] | None = None
+
+    @property
+    def merged(self) -> float | None:
+        """Share of the canvas merged so far, 0..1 (None when unknown).
+
+        A finalised canvas is 1; a canvas merged by several processes counts its finished
+        tasks; otherwise the preview says how much of the canvas patches reached (row-major:
+        at least the share above the newest batch).
+        """
+        if self.finalized:
+            return 1.0
+        if self.tasks_done is not None and self.tasks_total:
+            return self.tasks_done / self.tasks_total
+        if self.preview is not None and "merged" in self.preview:
+            return float(self.preview["merged"])
+        return None
+
+    def value_range(self, head: str) -> list[list[float]] | None:
+        """Per-channel ``[low, high]`` of ``head`` to display it with, from the preview."""
+        if self.preview is None:
+            return None
+        return self.preview.get("ranges", {}).get(head)
 
 
 def _read_json(loc: Location) -> Any | None:
@@ -114,7 +148,12 @@ def canvas_state(source: NodeLike) -> CanvasState:
         The node holds no canvas.
     """
     loc = location_of(source)
-    final, parts, rows = _load(loc)
+    return _state(loc, *_load(loc))
+
+
+def _state(
+    loc: Location, final: dict[str, Any] | None, parts: list[PartInfo], rows: int
+) -> CanvasState:
     if final is not None:
         return CanvasState(final, True, -(-final["shape"][0] // final["tile"]), 0, None)
     spec = _spec_from_parts(parts, loc)
@@ -129,6 +168,7 @@ def canvas_state(source: NodeLike) -> CanvasState:
         None if newest is None else int(newest.meta["batches_done"]),
         tasks_done=sum(p.kind == TASK_KIND for p in parts) if distributed else None,
         tasks_total=len(plans[0].meta.get("tasks", ())) if plans else None,
+        preview=read_preview_pointer(parts_location(loc).raw_child(STAGING)),
     )
 
 
@@ -170,6 +210,10 @@ def open_canvas(source: NodeLike) -> dict[str, da.Array]:
     final, parts, rows_final = _load(loc)
     if final is not None:
         return {head: open_image(loc.join(path))[0] for head, path in final["images"].items()}
+    return _level0_views(loc, parts, rows_final)
+
+
+def _level0_views(loc: Location, parts: list[PartInfo], rows_final: int) -> dict[str, da.Array]:
     spec = _spec_from_parts(parts, loc)
     tile = int(spec["tile"])
     index: dict[tuple[int, int], list[tuple[PartInfo, SpillRef]]] = {}
@@ -287,3 +331,106 @@ class _HeadSource:
                 return np.full((self.channels, th, tw), self.fill, self.dtype)
         fill = self.fill if math.isfinite(self.fill) or self.dtype.kind == "f" else 0
         return normalise_block(sums, weight, self.dtype, fill)
+
+
+@dataclass(frozen=True)
+class CanvasPyramid:
+    """A canvas as lazy pyramids, and the state they were read at.
+
+    Attributes
+    ----------
+    state
+        What is on disk (:func:`canvas_state`).
+    levels
+        Head name to its levels, finest first, each half the size of the one before
+        (``(C, H, W)`` or ``(H, W)``, chunked by canvas tile). A finalised canvas gives its
+        stored pyramids. A canvas in progress gives the normalised level 0 of
+        :func:`open_canvas`, then the preview: levels finer than the preview factor F show
+        the preview's F x F blocks enlarged, the others are the stored preview pyramid.
+        Without a preview (canvases merged by several processes, or written by older
+        versions) only level 0 is given.
+    """
+
+    state: CanvasState
+    levels: dict[str, list[da.Array]]
+
+
+def open_canvas_pyramid(source: NodeLike) -> CanvasPyramid:
+    """The canvas in a node as lazy pyramids, reading only small metadata files.
+
+    Opening shows a canvas of any size at once: the coarse levels of a canvas in progress
+    come from its preview, so a viewer zoomed out reads a few small chunks, and a viewer
+    zoomed in reads the level-0 tiles on screen.
+
+    Raises
+    ------
+    NodeNotFoundError
+        The node holds no canvas.
+    """
+    loc = location_of(source)
+    final, parts, rows_final = _load(loc)
+    state = _state(loc, final, parts, rows_final)
+    if final is not None:
+        images = final["images"].items()
+        return CanvasPyramid(state, {head: open_image(loc.join(path)) for head, path in images})
+    views = _level0_views(loc, parts, rows_final)
+    pointer = state.preview
+    if pointer is None:
+        return CanvasPyramid(state, {head: [view] for head, view in views.items()})
+    folder = parts_location(loc).raw_child(STAGING).raw_child(pointer["folder"])
+    factor = int(pointer["factor"])
+    levels = {}
+    for head, view in views.items():
+        preview = open_image(folder.raw_child(f"{head}.ome.zarr"))
+        enlarged = []
+        step = 2
+        while step < factor:
+            enlarged.append(_enlarged(preview[0], factor // step, view, step))
+            step *= 2
+        levels[head] = [view, *enlarged, *preview]
+    return CanvasPyramid(state, levels)
+
+
+def _enlarged(preview: da.Array, ratio: int, level0: da.Array, step: int) -> da.Array:
+    """A level ``step`` times smaller than ``level0``, drawn from the preview (``ratio``
+    times coarser) by repeating each preview pixel ``ratio`` times in y and x."""
+    *lead, height, width = level0.shape
+    shape = (*lead, -(-height // step), -(-width // step))
+    source = _Enlarged(preview, ratio, shape)
+    tile = level0.chunksize[-1]
+    chunks = (*lead, tile, tile)
+    return da.from_array(
+        source,
+        chunks=chunks,
+        asarray=False,
+        fancy=False,
+        meta=np.empty((0,) * len(shape), preview.dtype),
+        name=f"canvas-enlarged-{ratio}-{preview.name}",
+    )
+
+
+class _Enlarged:
+    """Array-like: the preview's pixels repeated ``ratio`` times, cropped to ``shape``."""
+
+    def __init__(self, preview: da.Array, ratio: int, shape: tuple[int, ...]):
+        self.preview = preview
+        self.ratio = ratio
+        self.shape = shape
+        self.ndim = len(shape)
+        self.dtype = preview.dtype
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        lead = key[:-2]
+        ys = range(self.shape[-2])[key[-2]]
+        xs = range(self.shape[-1])[key[-1]]
+        r = self.ratio
+        py0, py1 = ys.start // r, (ys.stop - 1) // r + 1
+        px0, px1 = xs.start // r, (xs.stop - 1) // r + 1
+        block = np.asarray(
+            self.preview[(*lead, slice(py0, py1), slice(px0, px1))].compute(scheduler="sync")
+        )
+        block = block.repeat(r, axis=-2).repeat(r, axis=-1)
+        y0, x0 = ys.start - py0 * r, xs.start - px0 * r
+        return block[..., y0 : y0 + len(ys), x0 : x0 + len(xs)]

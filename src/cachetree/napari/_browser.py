@@ -45,12 +45,13 @@ from cachetree.tree.walk import NodeInfo
 from ._compare import compare_nodes
 from ._details import row_details
 from ._docking import BROWSER, arrange_when_docked
-from ._layers import Opened, add_layers, open_item, open_node, open_part
+from ._layers import Opened, open_item, open_node, open_part
 from ._listing import Listing, list_node
+from ._live import update_canvas_layers
 from ._node_tree import NodeTree, row_data
 from ._plot_pane import PlotPane
 from ._selection import selection_for
-from ._threads import busy, qt_alive, run_in_thread
+from ._threads import add_in_steps, build_layers, busy, qt_alive, run_in_thread
 
 if TYPE_CHECKING:
     import napari
@@ -80,6 +81,7 @@ class CacheTreeBrowser(QWidget):
         self.root: Location | None = None
         self._pending: set[str] = set()
         self._generation = 0
+        self._adding = 0
 
         self.root_edit = QLineEdit()
         self.root_edit.setPlaceholderText("cache root: folder or fsspec URL (s3://...)")
@@ -231,7 +233,9 @@ class CacheTreeBrowser(QWidget):
 
     # -- listing --------------------------------------------------------------------------
     def refresh(self) -> None:
-        """List every expanded node again and update the rows in place."""
+        """List every expanded node again and update the rows in place; layers of canvases
+        still merging get what was merged since."""
+        update_canvas_layers(self, self.viewer)
         if self.root is None:
             self._load_typed_root()
             return
@@ -271,8 +275,8 @@ class CacheTreeBrowser(QWidget):
 
     @property
     def busy(self) -> bool:
-        """Whether a listing or opening is still running."""
-        return busy(self)
+        """Whether a listing or opening is still running (or its layers being added)."""
+        return busy(self) or self._adding > 0
 
     def set_live(self, on: bool, interval: float | None = None) -> None:
         """Turn live mode on or off; ``interval`` is in seconds."""
@@ -337,11 +341,11 @@ class CacheTreeBrowser(QWidget):
         self.status_label.setText(f"opening {label or '/'} …")
         callbacks = {"on_return": self._opened, "on_error": partial(self._open_failed, label)}
         if data.kind == "node":
-            run_in_thread(self, open_node, node, root, **callbacks)
+            run_in_thread(self, _built, open_node, node, root, **callbacks)
         elif data.kind == "item":
-            run_in_thread(self, open_item, node, root, data.entry, **callbacks)
+            run_in_thread(self, _built, open_item, node, root, data.entry, **callbacks)
         else:
-            run_in_thread(self, open_part, node, root, data.part, **callbacks)
+            run_in_thread(self, _built, open_part, node, root, data.part, **callbacks)
 
     # -- comparing ------------------------------------------------------------------------
     def selected_nodes(self) -> list[str]:
@@ -360,6 +364,7 @@ class CacheTreeBrowser(QWidget):
         self.status_label.setText(f"comparing {label} …")
         run_in_thread(
             self,
+            _built,
             compare_nodes,
             self.root,
             *paths,
@@ -402,7 +407,14 @@ class CacheTreeBrowser(QWidget):
                 opened.problems.append(str(exc))
             else:
                 self.lower_pane.setCurrentWidget(self.plot_pane)
-        layers = add_layers(self.viewer, opened.layers)
+        self.status_label.setText(f"adding {len(opened.layers)} layer(s) …")
+        self._adding += 1
+        add_in_steps(self.viewer, opened.layers, then=partial(self._added, opened))
+
+    def _added(self, opened: Opened, layers: list[Any]) -> None:
+        self._adding -= 1
+        if not qt_alive(self):
+            return
         for problem in opened.problems:
             show_warning(f"cannot show {problem}")
         shown_below = opened.text is not None or opened.plot is not None
@@ -420,6 +432,13 @@ def _disconnect(selection: Any, tree_changed: Any, viewer: Any, inserted: Any, *
     """Stop listening to the selection and the layer list once the browser is gone."""
     selection.tree_changed.disconnect(tree_changed)
     viewer.layers.events.inserted.disconnect(inserted)
+
+
+def _built(opener: Any, *args: Any) -> Opened:
+    """Worker thread: what ``opener(*args)`` opens, its layers made (:func:`build_layers`)."""
+    opened = opener(*args)
+    opened.layers = build_layers(opened.layers)
+    return opened
 
 
 def _open_root(root: str | Location) -> tuple[Location, Listing | None]:

@@ -11,6 +11,7 @@ Nothing here imports Qt; the reader, the sample data and the browser share it.
 from __future__ import annotations
 
 import json
+import math
 import posixpath
 from collections import deque
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from cachetree.fs.location import Location
 from cachetree.images import ngff
 from cachetree.tree.layout import MANIFEST, PARTS
 from cachetree.tree.node import Node
-from cachetree.tree.parts import PartInfo, list_parts
+from cachetree.tree.parts import PartInfo
 
 from . import _display as display
 from ._listing import ItemEntry, find_tree_root, node_items
@@ -200,8 +201,9 @@ def array_layer(data: Any, name: str, metadata: dict[str, Any]) -> LayerData:
 def lazy_pyramid(level0: Any, min_size: int = 256) -> list[Any]:
     """Levels 1..n of a lazy array without a pyramid, as strided views of level 0.
 
-    napari then reads only the tiles on screen when zoomed in; a zoomed-out view still reads
-    every tile it covers (there is no stored low-resolution level to read instead).
+    Only for canvases without a preview (merged by several processes, or written by older
+    versions): napari then reads only the tiles on screen when zoomed in, but a zoomed-out
+    view reads every tile it covers.
     """
     levels = [level0]
     factor = 2
@@ -211,53 +213,57 @@ def lazy_pyramid(level0: Any, min_size: int = 256) -> list[Any]:
     return levels
 
 
+def merged_suffix(merged: float | None) -> str:
+    """What a canvas layer's name says of a merge in progress: `` (62 % merged)``."""
+    if merged is None:
+        return " (merging)"
+    return f" ({math.floor(merged * 100)} % merged)"
+
+
 def canvas_layers(node: Node, root: Location) -> list[LayerData]:
-    """The heads of a canvas still being merged (spilled or partial), normalised lazily.
+    """The heads of a canvas still being merged (spilled or partial), as lazy pyramids.
 
-    One layer per head (one per channel for multi-channel heads); tiles not on disk yet
-    show the canvas' fill value. Display windows come from the newest checkpoint, when the
-    writer made one; otherwise napari computes them from the coarsest level.
+    One layer per head (one per channel for multi-channel heads), named with the share
+    merged so far (``"merge:prob (62 % merged)"``). Level 0 is normalised lazily from what
+    is on disk (tiles not on disk yet show the canvas' fill value); the coarser levels come
+    from the canvas' preview, so a zoomed-out view reads a few small chunks, and the
+    display windows come from the preview's value ranges, so napari never scans the data.
     """
-    from cachetree.canvas import CHECKPOINT_KIND
-    from cachetree.canvas.checkpoint import newest_checkpoint
-    from cachetree.canvas.view import open_canvas
+    from cachetree.canvas.view import open_canvas_pyramid
 
-    label = node_label(root, node.location)
-    heads = open_canvas(node.location)
-    newest = newest_checkpoint(list_parts(node.location, kind=CHECKPOINT_KIND))
-    layers = []
-    for head, level0 in heads.items():
-        name = layer_name(label, head)
-        metadata = {**_origin(root, node.location, None), "canvas_head": head}
-        pyramid = lazy_pyramid(level0)
-        kwargs: dict[str, Any] = {
-            "name": name,
-            "metadata": metadata,
-            "multiscale": len(pyramid) > 1,
-        }
-        limits = _checkpoint_limits(newest, head)
-        if level0.ndim == 3:
-            kwargs.update(channel_axis=0, name=[f"{name} [{i}]" for i in range(level0.shape[0])])
-            kwargs = display.overlay(kwargs, _cycle_colours(level0.shape[0]))
-        else:
-            kwargs = display.overlay(kwargs)
-        if limits is not None:
-            kwargs["contrast_limits"] = limits if level0.ndim == 3 else limits[0]
-        layers.append((pyramid if len(pyramid) > 1 else level0, kwargs, "image"))
-    return layers
+    pyramid = open_canvas_pyramid(node.location)
+    return [
+        _canvas_head_layer(node, root, head, levels, pyramid.state)
+        for head, levels in pyramid.levels.items()
+    ]
 
 
-def _checkpoint_limits(checkpoint: PartInfo | None, head: str) -> list[list[float]] | None:
-    """Per-channel (low, high) the writer recorded in its newest checkpoint, if usable."""
-    from cachetree.canvas.checkpoint import checkpoint_value_range
-
-    low_high = None if checkpoint is None else checkpoint_value_range(checkpoint, head)
-    if low_high is None:
-        return None
-    low, high = low_high
-    if not (np.isfinite(low).all() and np.isfinite(high).all()):
-        return None
-    return [display.probability_window(lo, hi) for lo, hi in zip(low, high, strict=True)]
+def _canvas_head_layer(
+    node: Node, root: Location, head: str, levels: list[Any], state: Any
+) -> LayerData:
+    name = layer_name(node_label(root, node.location), head)
+    if len(levels) == 1:
+        levels = lazy_pyramid(levels[0])
+    level0 = levels[0]
+    suffix = merged_suffix(state.merged)
+    origin = _origin(root, node.location, None)
+    kwargs: dict[str, Any] = {"multiscale": len(levels) > 1}
+    if level0.ndim == 3:
+        names = [f"{name} [{i}]" for i in range(level0.shape[0])]
+        kwargs.update(
+            name=[n + suffix for n in names],
+            metadata=[{**origin, "canvas_head": head, "layer": n} for n in names],
+            channel_axis=0,
+        )
+        kwargs = display.overlay(kwargs, _cycle_colours(level0.shape[0]))
+    else:
+        kwargs.update(name=name + suffix, metadata={**origin, "canvas_head": head, "layer": name})
+        kwargs = display.overlay(kwargs)
+    limits = state.value_range(head)
+    if limits is not None:
+        windows = [display.probability_window(lo, hi) for lo, hi in limits]
+        kwargs["contrast_limits"] = windows if level0.ndim == 3 else windows[0]
+    return (levels if len(levels) > 1 else level0, kwargs, "image")
 
 
 def spill_part_layers(part: PartInfo, label: str, metadata: dict[str, Any]) -> list[LayerData]:
@@ -339,6 +345,25 @@ def item_text(node: Node, entry: ItemEntry) -> str:
     return text
 
 
+def layer_keys(kwargs: dict[str, Any]) -> list[str]:
+    """What identifies the layers of a layer data tuple's kwargs: their names, or for names
+    that change (a canvas in progress says how much is merged) the ``layer`` of their
+    metadata."""
+    names = kwargs["name"] if isinstance(kwargs["name"], list) else [kwargs["name"]]
+    metadata = kwargs.get("metadata")
+    metadata = metadata if isinstance(metadata, list) else [metadata] * len(names)
+    return [
+        m["layer"] if isinstance(m, dict) and "layer" in m else name
+        for name, m in zip(names, metadata, strict=True)
+    ]
+
+
+def layer_key(layer: Any) -> str:
+    """What identifies a layer shown (see :func:`layer_keys`)."""
+    metadata = getattr(layer, "metadata", None)
+    return metadata["layer"] if isinstance(metadata, dict) and "layer" in metadata else layer.name
+
+
 def add_layers(viewer: Any, layers: list[LayerData]) -> list[Any]:
     """Add layer data tuples to ``viewer``; an item already shown is selected, not added again.
 
@@ -346,9 +371,10 @@ def add_layers(viewer: Any, layers: list[LayerData]) -> list[Any]:
     """
     shown = []
     for data, kwargs, layer_type in layers:
-        names = kwargs["name"] if isinstance(kwargs["name"], list) else [kwargs["name"]]
-        if all(name in viewer.layers for name in names):
-            existing = [viewer.layers[name] for name in names]
+        keys = layer_keys(kwargs)
+        by_key = {layer_key(layer): layer for layer in viewer.layers}
+        if all(key in by_key for key in keys):
+            existing = [by_key[key] for key in keys]
             viewer.layers.selection.update(existing)
             shown += existing
             continue

@@ -111,7 +111,7 @@ def _start_build(viewer: Any, root: Path) -> Any:
     owner = QObject()
 
     def done(opened: Opened) -> None:
-        add_in_steps(viewer, opened.layers, then=lambda: _report(opened))
+        add_in_steps(viewer, opened.layers, then=lambda _shown: _report(opened))
 
     def start() -> None:
         run_task(

@@ -123,23 +123,59 @@ def run_task(
     return worker
 
 
-def add_in_steps(viewer: Any, layers: list[Any], then: Callable[[], None] | None = None) -> None:
-    """Add layer data tuples to ``viewer`` one per event loop turn, then call ``then``.
+def build_layers(layers: list[Any]) -> list[Any]:
+    """napari layers made from layer data tuples, in the calling (worker) thread.
 
-    Adding a layer builds its controls and visuals on the GUI thread; adding a dozen in one
-    go would freeze the viewer for that long.
+    Making a layer reads the chunks of its thumbnail and, the first time, initialises parts
+    of napari; doing it here leaves only showing it (controls and visuals) to the GUI
+    thread. A ``channel_axis`` gives one layer per channel, as ``viewer.add_image`` does.
+    """
+    from napari.layers import Layer
+    from napari.layers.utils.stack_utils import split_channels
+
+    built = []
+    for data, kwargs, layer_type in layers:
+        if layer_type == "image" and kwargs.get("channel_axis") is not None:
+            rest = {k: v for k, v in kwargs.items() if k != "channel_axis"}
+            built += [
+                Layer.create(*item) for item in split_channels(data, kwargs["channel_axis"], **rest)
+            ]
+        else:
+            built.append(Layer.create(data, kwargs, layer_type))
+    return built
+
+
+def add_in_steps(
+    viewer: Any, layers: list[Any], then: Callable[[list[Any]], None] | None = None
+) -> None:
+    """Add layers (napari layers, or layer data tuples) to ``viewer`` one per event loop
+    turn, then call ``then`` with the layers shown (new or reused).
+
+    Adding a layer builds its controls and visuals, and reads the chunks it shows first, on
+    the GUI thread; adding a dozen in one go would freeze the viewer for that long.
     """
     from qtpy.QtCore import QTimer
 
-    from ._layers import add_layers
+    from ._layers import add_layers, layer_key
 
     pending = list(layers)
+    shown: list[Any] = []
+
+    def add(item: Any) -> list[Any]:
+        if isinstance(item, tuple):
+            return add_layers(viewer, [item])
+        existing = {layer_key(layer): layer for layer in viewer.layers}.get(layer_key(item))
+        if existing is not None:
+            viewer.layers.selection.add(existing)
+            return [existing]
+        viewer.layers.append(item)
+        return [item]
 
     def step() -> None:
         if pending:
-            add_layers(viewer, [pending.pop(0)])
+            shown.extend(add(pending.pop(0)))
             QTimer.singleShot(0, step)
         elif then is not None:
-            then()
+            then(shown)
 
     step()
