@@ -1,4 +1,4 @@
-"""The demo pipeline: a histology image analysed step by step, every step a cache node.
+"""The quick demo: the 512 x 512 sample image analysed step by step, every step a cache node.
 
 Run it with ``cachetree demo`` (or :func:`run_demo`). It uses the public API only, so it
 doubles as an example of a pipeline built on cachetree:
@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .canvas import Canvas
-from .results import add_part, combine, set_combiner
-from .tree import CacheTree
-from .tree.cdir import cdir_query
+from ..canvas import Canvas
+from ..results import add_part, combine, set_combiner
+from ..tree import CacheTree
+from ..tree.cdir import cdir_query
 
 __all__ = [
     "SAMPLE_DATA_DIR",
@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 
-SAMPLE_DATA_DIR = Path(__file__).resolve().parent / "sample_data"
+SAMPLE_DATA_DIR = Path(__file__).resolve().parent.parent / "sample_data"
 """Folder of the shipped sample data (``ihc.npz``)."""
 
 # Optical density of pure hematoxylin, eosin and DAB in red, green and blue.
