@@ -94,11 +94,18 @@ def count_strip(
 def combine_strips(
     parts: Sequence[PartView], *, key: Key, shared: Mapping[str, PartView], region: int
 ) -> Any:
-    """Combiner of the counts node: the strips' counts plus the nuclei cut between strips."""
+    """Combiner of the counts node: the strips' counts plus the nuclei cut between strips.
+
+    A strip counted twice (a worker of a killed run finishing after the new run started the
+    strip again) is taken once.
+    """
+    by_strip = {}
+    for part in parts:
+        by_strip.setdefault(part.meta["strip"], part)
     grid = None
-    for part in parts:  # one strip in memory at a time
+    for part in by_strip.values():  # one strip in memory at a time
         counts = part["counts"]
         grid = counts.astype(np.uint32) if grid is None else grid + counts
     assert grid is not None
-    _add_centroids(grid, _merge_sums([part["boundary"] for part in parts]), region)
+    _add_centroids(grid, _merge_sums([part["boundary"] for part in by_strip.values()]), region)
     return grid
