@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-__all__ = ["StageClock", "StageRecord", "stages_figure", "tree_rss"]
+__all__ = ["StageClock", "StageRecord", "stages_figure", "tree_cpu_seconds", "tree_rss"]
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -29,13 +29,29 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
+def tree_cpu_seconds(process: psutil.Process) -> float:
+    """CPU seconds (user and system) of ``process``, its running and its finished children."""
+    times = process.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child_times = child.cpu_times()
+            total += child_times.user + child_times.system
+    return total
+
+
 @dataclass
 class StageRecord:
-    """One stage of a run: its name, what the cache did, wall time, peak RSS, pixels."""
+    """One stage of a run: its name, what the cache did, wall and CPU time, peak RSS, pixels.
+
+    CPU seconds (of this process and its children) say how much work the stage was,
+    whatever else the machine was doing.
+    """
 
     name: str
     status: str = ""
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
     peak_rss: int = 0
     megapixels: float = 0.0
 
@@ -82,11 +98,12 @@ class StageClock:
         self.stages.append(record)
         self._current = record
         self._sample()
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), tree_cpu_seconds(self._process)
         try:
             yield record
         finally:
             record.seconds = time.perf_counter() - start
+            record.cpu_seconds = tree_cpu_seconds(self._process) - cpu
             self._sample()
             self._current = None
 
@@ -106,6 +123,7 @@ class StageClock:
         return {
             "stages": [{**asdict(s), "megapixels_per_s": s.throughput} for s in self.stages],
             "total_seconds": self.total_seconds,
+            "cpu_seconds": tree_cpu_seconds(self._process),
             "peak_rss": self.peak_rss,
         }
 

@@ -155,8 +155,8 @@ class _Run:
     def _done(self, record: Any, node: Node) -> None:
         record.status = node.open_mode.value if node.open_mode else "?"
         self.say(
-            f"{record.name + ':':<9}{record.status:<9}{record.seconds:8.1f} s  "
-            f"peak RSS {self.clock.peak_rss / 2**20:6.0f} MiB"
+            f"{record.name + ':':<9}{record.status:<9}{record.seconds:8.1f} s "
+            f"({record.cpu_seconds:.1f} s CPU)  peak RSS {self.clock.peak_rss / 2**20:6.0f} MiB"
         )
 
     def slide(self) -> None:
@@ -307,7 +307,7 @@ class _Run:
                 node.save_figure("stages", stages_figure(self.clock, title))
                 for s in self.clock.stages:
                     node.log(
-                        f"{s.name}: {s.status}, {s.seconds:.1f} s, "
+                        f"{s.name}: {s.status}, {s.seconds:.1f} s ({s.cpu_seconds:.1f} s CPU), "
                         f"{s.throughput:.2f} Mpx/s, peak RSS {s.peak_rss / 2**20:.0f} MiB"
                     )
                 node.log(f"peak RSS of the run {self.clock.peak_rss / 2**20:.0f} MiB")
