@@ -102,7 +102,7 @@ class SyntheticSlide:
         rng = np.random.default_rng([self.seed, ty, tx])
         turns, mirror = int(rng.integers(4)), bool(rng.integers(2))
         jitter = rng.uniform(1 - _JITTER, 1 + _JITTER, 3).astype(np.float32)
-        background = 255 - np.abs(rng.normal(9, 3, (1, h, w))).astype(np.uint8)
+        background = rng.integers(240, 252, (1, h, w), dtype=np.uint8)
         inside = self._tissue_tile(ty * t, tx * t, h, w)
         if not inside.any():
             return np.repeat(background, 3, axis=0)
