@@ -9,7 +9,9 @@ a killed run resumes where the last checkpoint was made.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask.array as da
@@ -96,22 +98,41 @@ def merge_model(
     )
     skip = canvas.batches_done
     batches = list(_batches(rows, batch))
-    strip_row, strip, strip_x0, patches_run = -1, None, 0, 0
-    for done, (row, boxes) in enumerate(bar(batches, desc="model batches", unit="batch"), 1):
-        if done <= skip:
-            continue
-        if row != strip_row:
-            strip, strip_x0 = _strip(slide, rows[row], size)
-            strip_row = row
-        assert strip is not None
-        patch = int(boxes[0, 2] - boxes[0, 0])
-        pixels = np.stack([strip[:, x - strip_x0 : x - strip_x0 + patch] for x in boxes[:, 0]])
-        outputs = {name: _as_uint8(value) for name, value in patch_model(pixels).items()}
-        canvas.add(outputs, boxes)
-        patches_run += len(boxes)
-        last_of_row = done == len(batches) or batches[done][0] != row
-        if last_of_row and (row + 1) % checkpoint_rows == 0:
-            canvas.checkpoint(done)
+    todo = list(enumerate(batches, 1))[skip:]
+    predict = _predictor(slide, rows)
+    with ThreadPoolExecutor(1, thread_name_prefix="demo-model") as ahead:
+        # the model runs one batch ahead of the canvas, on a thread: numpy releases the GIL
+        queued = deque((item, ahead.submit(predict, *item[1])) for item in todo[:1])
+        for index in bar(range(len(todo)), desc="model batches", unit="batch"):
+            if index + 1 < len(todo):
+                queued.append((todo[index + 1], ahead.submit(predict, *todo[index + 1][1])))
+            (done, (row, boxes)), outputs = queued.popleft()
+            canvas.add(outputs.result(), boxes)
+            last_of_row = done == len(batches) or batches[done][0] != row
+            if last_of_row and (row + 1) % checkpoint_rows == 0:
+                canvas.checkpoint(done)
     spilled = canvas.stats["spilled_bytes"]
     canvas.finalize(commit=False)
-    return {"patches": patches_run, "skipped_batches": skip, "spilled_bytes": spilled}
+    patches = sum(len(boxes) for _, (_, boxes) in todo)
+    return {"patches": patches, "skipped_batches": skip, "spilled_bytes": spilled}
+
+
+def _predictor(slide: da.Array, rows: list[np.ndarray]) -> Callable[..., dict[str, np.ndarray]]:
+    """``predict(row, boxes)``: the model's uint8 outputs for a batch of patch row ``row``.
+
+    The slide strip under the row is read once for all the row's batches (calls must come in
+    row order, from one thread).
+    """
+    size = int(slide.shape[-1])
+    cache: dict[str, Any] = {"row": -1}
+
+    def predict(row: int, boxes: np.ndarray) -> dict[str, np.ndarray]:
+        if cache["row"] != row:
+            cache["strip"], cache["x0"] = _strip(slide, rows[row], size)
+            cache["row"] = row
+        strip, x0 = cache["strip"], cache["x0"]
+        patch = int(boxes[0, 2] - boxes[0, 0])
+        pixels = np.stack([strip[:, x - x0 : x - x0 + patch] for x in boxes[:, 0]])
+        return {name: _as_uint8(value) for name, value in patch_model(pixels).items()}
+
+    return predict
