@@ -1,8 +1,8 @@
 """Demo pipelines on the shipped sample data, every step a cache node.
 
-``cachetree demo`` runs the quick demo (:mod:`cachetree.demo.quick`, :func:`run_demo`) on the
+``cachetree demo`` runs the quick demo (``cachetree.demo.quick``, :func:`run_demo`) on the
 512 x 512 sample image in seconds. ``cachetree demo --size N`` runs the whole-slide demo
-(:mod:`cachetree.demo.wsi`, :func:`run_wsi`) on a synthetic N x N slide built from it
+(:func:`cachetree.demo.wsi.run_wsi`) on a synthetic N x N slide built from it
 (:mod:`cachetree.demo.slide`), at the scale cachetree is made for.
 """
 

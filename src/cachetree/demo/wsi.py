@@ -10,9 +10,9 @@ nothing the size of the slide is ever held in memory:
    gaps), merged by a row-major :class:`~cachetree.canvas.Canvas` with the default memory
    budget, checkpointed every few patch rows;
 4. ``nuclei``   nuclei labelled blockwise with consistent ids
-   (:mod:`cachetree.demo.nuclei`);
+   (``cachetree.demo.nuclei``);
 5. ``density``  nuclei per region counted by worker processes, one part per strip of rows
-   in the child node ``density/counts``, then combined (:mod:`cachetree.demo.density`);
+   in the child node ``density/counts``, then combined (``cachetree.demo.density``);
 6. ``report``   wall time, megapixels per second and peak memory (this process and its
    children) of every stage of this run, as JSON, a log and a plot.
 
