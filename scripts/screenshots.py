@@ -117,7 +117,7 @@ def second_model_run(root: Path, stride: int = 64) -> None:
     """The demo's patch model again at another stride: two runs of one step to compare."""
     from cachetree import CacheTree
     from cachetree.canvas import Canvas
-    from cachetree.demo import _batches, load_sample_image, patch_boxes, patch_model
+    from cachetree.demo.quick import _batches, load_sample_image, patch_boxes, patch_model
 
     tree = CacheTree(root)
     rgb = load_sample_image()

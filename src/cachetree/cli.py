@@ -177,26 +177,64 @@ def cmd_unlock(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Run the sample-data demo pipeline, list the tree, and optionally open napari on it."""
+    """Run a demo pipeline, list the tree, and optionally open napari on it.
+
+    Without ``--size`` the quick demo runs on the 512 x 512 sample image and napari opens on
+    the result; with ``--size N`` the whole-slide demo runs on a synthetic N x N slide, and
+    napari opens at the start, its browser in live mode, to watch the nodes fill in.
+    """
+    view = args.view if args.view is not None else bool(os.environ.get("DISPLAY"))
+    if args.size is not None:
+        return _wsi_demo(args, view)
     from .demo import DemoParams, run_demo
 
     params = DemoParams(nuclei_threshold=args.nuclei_threshold, region=args.region)
     tree = run_demo(
         args.out,
         params,
-        memory_budget=args.memory_budget,
+        memory_budget=args.memory_budget or "1MiB",
         progress=not args.quiet,
         report=(lambda line: None) if args.quiet else print,
     )
     print()
     cmd_ls(argparse.Namespace(root=tree.url, depth=None, json=False))
-    view = args.view if args.view is not None else bool(os.environ.get("DISPLAY"))
     if view:
         from .napari import view_tree
 
         view_tree(tree.url)
     else:
         print(f"\nopen it in napari: cachetree demo --out {args.out} --view")
+    return 0
+
+
+def _wsi_demo(args: argparse.Namespace, view: bool) -> int:
+    """``cachetree demo --size N``: the whole-slide demo, watched live in napari if asked."""
+    from .demo.wsi import WsiParams, run_wsi
+
+    params = WsiParams(size=args.size, seed=args.seed)
+
+    def work(say: Callable[[str], None]) -> None:
+        def report(line: str) -> None:
+            say(line)
+            if not args.quiet:
+                print(line)
+
+        run_wsi(
+            args.out,
+            params,
+            memory_budget=args.memory_budget,
+            progress=not args.quiet,
+            report=report,
+        )
+
+    if view:
+        from .napari import watch_tree
+
+        watch_tree(args.out, work)
+        return 0
+    work(lambda line: None)
+    print()
+    cmd_ls(argparse.Namespace(root=args.out, depth=None, json=False))
     return 0
 
 
@@ -213,6 +251,22 @@ def _non_negative(kind: Callable[[str], float]) -> Callable[[str], float]:
         return value
 
     parse.__name__ = kind.__name__
+    return parse
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type accepting integers >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    parse.__name__ = "int"
     return parse
 
 
@@ -302,9 +356,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "run the demo pipeline on the shipped sample data")
     p.add_argument("--out", default="cachetree-demo", help="cache tree root (default: %(default)s)")
     p.add_argument(
+        "--size",
+        type=_at_least(64),
+        default=None,
+        metavar="N",
+        help="run the whole-slide demo on a synthetic N x N slide built from the sample "
+        "(default: the quick demo on the 512 x 512 sample itself)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the synthetic slide (default: %(default)s)"
+    )
+    p.add_argument(
         "--memory-budget",
-        default="1MiB",
-        help="memory for the model canvas, e.g. 1MiB, 64MB, 5%% (default: %(default)s: it spills)",
+        default=None,
+        help="memory for the model canvas, e.g. 1MiB, 64MB, 5%% (default: 1MiB for the quick "
+        "demo, so it spills; the canvas default for --size)",
     )
     p.add_argument(
         "--nuclei-threshold",
@@ -322,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--view",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="open napari on the result (default: when a display exists)",
+        help="open napari on the result, or with --size at the start, to watch the nodes "
+        "appear (default: when a display exists)",
     )
 
     p = add("unlock", cmd_unlock, "break the owner lock of a node whose writer is gone")

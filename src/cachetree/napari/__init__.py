@@ -13,10 +13,12 @@ the ``napari.yaml`` manifest shipped in the package:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
     "view_tree",
+    "watch_tree",
 ]
 
 
@@ -31,6 +33,51 @@ def view_tree(root: str, *, run: bool = True) -> Any:
     viewer = napari.Viewer(title=f"cachetree: {root}")
     viewer.open(str(root), plugin="cachetree")
     viewer.window.add_plugin_dock_widget("cachetree", "Cache tree browser")
+    if run:
+        napari.run()
+    return viewer
+
+
+def watch_tree(
+    root: str,
+    work: Callable[[Callable[[str], None]], Any],
+    *,
+    interval: float = 2.0,
+    run: bool = True,
+) -> Any:
+    """Open napari on the cache tree at ``root`` while ``work`` fills it in.
+
+    The Cache tree browser is docked on ``root`` in live mode (listed again every
+    ``interval`` seconds), and ``work(say)`` runs in a worker thread with a napari progress
+    bar; each line it passes to ``say`` becomes the bar's text. Used by
+    ``cachetree demo --size N --view``. With ``run=False`` the viewer is returned without
+    entering the Qt event loop.
+    """
+    from napari.utils.notifications import show_error, show_info
+    from qtpy.QtCore import QObject
+
+    import napari
+    from cachetree.tree import CacheTree
+
+    from ._threads import run_task
+
+    CacheTree(root)  # the browser lists the root before the first node is written
+    viewer = napari.Viewer(title=f"cachetree: {root}")
+    _, browser = viewer.window.add_plugin_dock_widget("cachetree", "Cache tree browser")
+    browser.set_root(str(root))
+    browser.set_live(True, interval)
+    owner = QObject(browser)
+
+    def task(report: Callable[..., None]) -> Any:
+        return work(lambda line: report(None, None, " ".join(line.split())))
+
+    run_task(
+        owner,
+        "cachetree pipeline",
+        task,
+        on_return=lambda _: show_info(f"cachetree: {root} is complete"),
+        on_error=lambda exc: show_error(f"cachetree: the pipeline failed: {exc}"),
+    )
     if run:
         napari.run()
     return viewer

@@ -1,0 +1,138 @@
+"""The patch model of the whole-slide demo, run over the tissue and merged by a canvas.
+
+Patches lie on a regular grid; only those over tissue (by the low-resolution tissue mask)
+are run, so the grid has gaps. Patch rows are read from the slide one strip at a time,
+the two-head model of the quick demo runs on batches of them, and a row-major
+:class:`~cachetree.canvas.Canvas` merges the batches, checkpointing every few rows so that
+a killed run resumes where the last checkpoint was made.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..canvas import Canvas, HeadSpec
+from ..tree.node import Node
+from .quick import patch_model
+
+__all__ = ["HEADS", "merge_model", "tissue_boxes"]
+
+HEADS = {"stains": HeadSpec(3, "uint8"), "foreground": HeadSpec(1, "uint8")}
+"""Heads of the merged output: probabilities stored as uint8 (x 255), 4 bytes a pixel."""
+CHANNEL_NAMES = {"stains": ["hematoxylin", "eosin", "DAB"], "foreground": ["tissue"]}
+
+
+def tissue_boxes(
+    mask: np.ndarray, factor: int, size: int, patch: int, stride: int
+) -> list[np.ndarray]:
+    """Row-major ``[x0, y0, x1, y1]`` boxes of the patches touching tissue, one array per row.
+
+    ``mask`` is the tissue mask downsampled by ``factor``; rows without tissue are left out.
+    """
+    starts = np.arange(0, max(size - patch, 0) + stride, stride)
+    rows = []
+    for y0 in starts:
+        band = mask[y0 // factor : -(-(y0 + patch) // factor)].any(axis=0)
+        # a patch touches tissue when the band has some in its columns
+        covered = np.concatenate([[0], np.cumsum(band)])
+        lo = np.minimum(starts // factor, len(band))
+        hi = np.minimum(-(-(starts + patch) // factor), len(band))
+        xs = starts[covered[hi] > covered[lo]]
+        if len(xs):
+            ys = np.full_like(xs, y0)
+            rows.append(np.column_stack([xs, ys, xs + patch, ys + patch]))
+    return rows
+
+
+def _strip(slide: da.Array, boxes: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+    """The slide under one row of boxes as ``(h, w, 3)`` uint8 (255 past the edge), and x0."""
+    x0, y0 = int(boxes[0, 0]), int(boxes[0, 1])
+    x1, y1 = int(boxes[-1, 2]), int(boxes[0, 3])
+    pixels = np.asarray(slide[:, y0 : min(y1, size), x0 : min(x1, size)].compute())
+    pad = ((0, 0), (0, y1 - y0 - pixels.shape[1]), (0, x1 - x0 - pixels.shape[2]))
+    return np.moveaxis(np.pad(pixels, pad, constant_values=255), 0, -1), x0
+
+
+def _as_uint8(probability: np.ndarray) -> np.ndarray:
+    return np.rint(probability * 255).astype(np.uint8)
+
+
+def _batches(rows: list[np.ndarray], batch: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Row index and boxes of every batch, in order (at most ``batch`` boxes each)."""
+    for index, boxes in enumerate(rows):
+        for start in range(0, len(boxes), batch):
+            yield index, boxes[start : start + batch]
+
+
+def merge_model(
+    node: Node,
+    slide: da.Array,
+    rows: list[np.ndarray],
+    *,
+    batch: int,
+    checkpoint_rows: int,
+    memory_budget: int | str | None,
+    bar: Callable[..., Any],
+) -> dict[str, Any]:
+    """Run the model over the boxes of ``rows`` and merge it into ``node`` (open for writing).
+
+    Resumes from the canvas checkpoint in ``node`` when there is one. Returns figures for
+    the log: patches run, batches skipped on resume, bytes spilled.
+    """
+    size = int(slide.shape[-1])
+    canvas = Canvas(
+        node,
+        (size, size),
+        HEADS,
+        weights="gaussian",
+        order="row-major",
+        memory_budget=memory_budget,
+        resume=True,
+        channel_names=CHANNEL_NAMES,
+    )
+    skip = canvas.batches_done
+    batches = list(_batches(rows, batch))
+    todo = list(enumerate(batches, 1))[skip:]
+    predict = _predictor(slide, rows)
+    with ThreadPoolExecutor(1, thread_name_prefix="demo-model") as ahead:
+        # the model runs one batch ahead of the canvas, on a thread: numpy releases the GIL
+        queued = deque((item, ahead.submit(predict, *item[1])) for item in todo[:1])
+        for index in bar(range(len(todo)), desc="model batches", unit="batch"):
+            if index + 1 < len(todo):
+                queued.append((todo[index + 1], ahead.submit(predict, *todo[index + 1][1])))
+            (done, (row, boxes)), outputs = queued.popleft()
+            canvas.add(outputs.result(), boxes)
+            last_of_row = done == len(batches) or batches[done][0] != row
+            if last_of_row and (row + 1) % checkpoint_rows == 0:
+                canvas.checkpoint(done)
+    spilled = canvas.stats["spilled_bytes"]
+    canvas.finalize(commit=False)
+    patches = sum(len(boxes) for _, (_, boxes) in todo)
+    return {"patches": patches, "skipped_batches": skip, "spilled_bytes": spilled}
+
+
+def _predictor(slide: da.Array, rows: list[np.ndarray]) -> Callable[..., dict[str, np.ndarray]]:
+    """``predict(row, boxes)``: the model's uint8 outputs for a batch of patch row ``row``.
+
+    The slide strip under the row is read once for all the row's batches (calls must come in
+    row order, from one thread).
+    """
+    size = int(slide.shape[-1])
+    cache: dict[str, Any] = {"row": -1}
+
+    def predict(row: int, boxes: np.ndarray) -> dict[str, np.ndarray]:
+        if cache["row"] != row:
+            cache["strip"], cache["x0"] = _strip(slide, rows[row], size)
+            cache["row"] = row
+        strip, x0 = cache["strip"], cache["x0"]
+        patch = int(boxes[0, 2] - boxes[0, 0])
+        pixels = np.stack([strip[:, x - x0 : x - x0 + patch] for x in boxes[:, 0]])
+        return {name: _as_uint8(value) for name, value in patch_model(pixels).items()}
+
+    return predict

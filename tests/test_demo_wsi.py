@@ -1,0 +1,235 @@
+"""The whole-slide demo: the pipeline at 4096 px, blockwise labelling, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cachetree import CacheTree
+from cachetree.cli import main
+from cachetree.demo.model import tissue_boxes
+from cachetree.demo.nuclei import label_blockwise, nucleus_mask
+from cachetree.demo.slide import SyntheticSlide
+from cachetree.demo.wsi import WsiParams, run_wsi
+from cachetree.tree.parts import list_parts
+
+WORKER = Path(__file__).parent / "workers" / "wsi_demo.py"
+STAGES = ["slide", "tissue", "model", "nuclei", "density"]
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label images split the pixels the same way (ids may differ)."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+@pytest.fixture(scope="module")
+def wsi(tmp_path_factory):
+    lines: list[str] = []
+    tree, clock = run_wsi(
+        str(tmp_path_factory.mktemp("wsi") / "tree"), WsiParams(size=4096), report=lines.append
+    )
+    return tree, clock, lines
+
+
+def test_every_stage_is_a_committed_node(wsi):
+    tree, _, lines = wsi
+    assert [line.split()[:2] for line in lines] == [
+        *([f"{s}:", "new"] for s in STAGES),
+        ["report:", "new"],
+    ]
+    states = {info.path: info.state for info in tree.walk()}
+    assert states == {
+        "": "root",
+        **dict.fromkeys([*STAGES, "density/counts", "report"], "committed"),
+    }
+    assert "blocks.zarr" not in tree.node("nuclei").item_names()  # scratch removed
+
+
+def test_slide_is_the_deterministic_mosaic(wsi):
+    tree, _, _ = wsi
+    level0 = tree.node("slide").open_image("slide")[0]
+    assert level0.shape == (3, 4096, 4096) and level0.dtype == np.uint8
+    slide = SyntheticSlide(4096, seed=0)
+    for y, x in [(0, 0), (1500, 2100), (3800, 3900)]:
+        window = np.asarray(level0[:, y : y + 296, x : x + 196])
+        np.testing.assert_array_equal(window, slide.region(y, y + 296, x, x + 196)[:, :, :196])
+    assert not np.array_equal(
+        slide.region(0, 512, 0, 512), SyntheticSlide(4096, 1).region(0, 512, 0, 512)
+    )
+
+
+def test_patches_cover_only_tissue_so_the_grid_has_gaps(wsi):
+    tree, _, _ = wsi
+    p = WsiParams(size=4096)
+    tissue = tree.node("tissue")
+    fraction = tissue.load_json("tissue")["fraction"]
+    assert 0.1 < fraction < 0.9
+    mask = tissue.open_image("tissue")[0].compute()
+    rows = tissue_boxes(mask, tissue.load_json("tissue")["factor"], p.size, p.patch, p.stride)
+    run = sum(len(r) for r in rows)
+    full = len(range(0, p.size - p.patch + p.stride, p.stride)) ** 2
+    assert 0 < run < full
+    assert f"{run} patches of 256 px" in tree.node("model").load_text("log.txt")
+    foreground = np.asarray(tree.node("model").open_image("foreground")[0][::16, ::16])
+    assert foreground.min() == 0 and foreground.max() == 255  # no patch there: fill value
+
+
+def test_nuclei_ids_are_consistent_across_blocks(wsi):
+    tree, _, _ = wsi
+    model = tree.node("model")
+    hematoxylin = model.open_image("stains")[0][0].rechunk(2048)
+    foreground = model.open_image("foreground")[0].rechunk(2048)
+    mask = nucleus_mask(hematoxylin, foreground, 0.5, 1.0).compute()
+    expected, count = ndimage.label(mask)
+    labels = tree.node("nuclei").open_image("nuclei")[0].compute()
+    assert tree.node("nuclei").load_json("nuclei")["count"] == count > 500
+    assert np.array_equal(np.unique(labels), np.arange(count + 1))
+    assert same_partition(labels, expected)
+
+
+def test_density_counts_every_nucleus_once(wsi):
+    tree, _, _ = wsi
+    density = tree.node("density").open_image("density")[0].compute()
+    assert density.shape == (16, 16)
+    count = tree.node("nuclei").load_json("nuclei")["count"]
+    assert int(density.sum()) == tree.node("density").load_json("metrics")["nuclei"] == count
+    counts = tree.node("density/counts")
+    assert counts.manifest.meta["combined"] and not list_parts(counts.location, kind="part")
+    assert "2 strips counted by 2 worker processes" in counts.load_text("log.txt")
+
+
+def test_report_has_timings_peak_memory_and_a_plot(wsi):
+    tree, clock, _ = wsi
+    report = tree.node("report")
+    stages = report.load_json("stages")
+    assert [s["name"] for s in stages["stages"]] == STAGES
+    assert all(s["status"] == "new" and s["seconds"] > 0 for s in stages["stages"])
+    assert stages["peak_rss"] == clock.peak_rss > 50 * 2**20
+    assert report.load_bytes("stages.png")[:4] == b"\x89PNG"
+
+
+def test_blockwise_labels_equal_a_whole_image_labelling(tree):
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((300, 420)), 3) > 0.5)
+    mask[:, 130] = True  # one component spanning every block row
+    with tree.node("labels") as node:
+        labels, count = label_blockwise(da.from_array(mask, chunks=(64, 100)), node)
+        labels = labels.compute()
+    expected, expected_count = ndimage.label(mask)
+    assert count == expected_count > 20
+    assert np.array_equal(np.unique(labels), np.arange(count + 1))
+    assert same_partition(labels, expected)
+
+
+def test_cli_runs_the_whole_slide_demo(tmp_path, capsys):
+    assert main(["demo", "--size", "512", "--out", str(tmp_path / "t"), "--no-view", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "report" in out and "committed" in out
+    with pytest.raises(SystemExit):
+        main(["demo", "--size", "12"])
+
+
+# -- kill and resume ---------------------------------------------------------------------------
+def tree_content(root: Path) -> dict[str, object]:
+    """Every node's state, params and data (images level by level, JSON, keyed results),
+    without the logs, plots and report timings that differ from run to run."""
+    tree = CacheTree(str(root), create=False)
+    content: dict[str, object] = {}
+    for info in tree.walk():
+        node = tree.node(info.path) if info.path else None
+        if node is None or info.path == "report":
+            content[info.path] = info.state
+            continue
+        content[info.path] = (info.state, json.dumps(node.manifest.params, sort_keys=True))
+        for item in node.item_names():
+            key = f"{info.path}/{item}"
+            if item.endswith(".ome.zarr"):
+                content[key] = [np.asarray(level) for level in node.open_image(item)]
+            elif item.endswith(".json"):
+                content[key] = node.load_json(item)
+        if info.path == "density/counts":
+            content["counts"] = node.keyed()["density"]
+    return content
+
+
+def assert_same_content(a: dict[str, object], b: dict[str, object]) -> None:
+    assert sorted(a) == sorted(b)
+    for key, value in a.items():
+        if isinstance(value, list):
+            assert len(value) == len(b[key])
+            for x, y in zip(value, b[key], strict=True):
+                np.testing.assert_array_equal(x, y, err_msg=key)
+        elif isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, b[key], err_msg=key)
+        else:
+            assert value == b[key], key
+
+
+def start(root: Path, pause: float) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), str(root), str(pause)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    """SIGKILL the worker's process group as soon as ``ready()``; it must still be running."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, "the run ended before the kill point"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def has_parts(node: Path, kind: str) -> bool:
+    from cachetree.fs.location import Location
+
+    return (node / ".cachetree-parts").exists() and bool(
+        list_parts(Location.from_url(str(node)), kind=kind)
+    )
+
+
+@pytest.mark.slow
+def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
+    reference = start(tmp_path / "reference", 0.0)
+    assert reference.wait(timeout=600) == 0, reference.stdout.read()
+
+    root = tmp_path / "killed"
+    kill_when(start(root, 0.3), lambda: has_parts(root / "model", "canvas-checkpoint"))
+    assert (root / "slide" / ".cachetree.json").exists()
+    kill_when(start(root, 0.3), lambda: has_parts(root / "density" / "counts", "part"))
+    last = start(root, 0.0)
+    out, _ = last.communicate(timeout=600)
+    assert last.returncode == 0, out
+    statuses = {line.split()[0]: line.split()[1] for line in out.splitlines()}
+    assert statuses == {
+        "slide:": "reused",
+        "tissue:": "reused",
+        "model:": "reused",
+        "nuclei:": "reused",
+        "density:": "resumed",
+        "report:": "new",
+    }
+    model_log = CacheTree(str(root)).node("model").load_text("log.txt")
+    assert "(0 batches done before a resume)" not in model_log  # the canvas resumed
+    counts_log = CacheTree(str(root)).node("density/counts").load_text("log.txt")
+    assert "(0 were done before a resume)" not in counts_log
+    assert_same_content(tree_content(root), tree_content(tmp_path / "reference"))
