@@ -213,7 +213,7 @@ def write_preview(
             for index in np.ndindex(*image.grid(level)):
                 *lead, ty, tx = index
                 c = lead[0] if lead else 0
-                y0, x0 = ty * image.chunk, tx * image.chunk
+                y0, x0 = ty * spec.tile, tx * spec.tile
                 h, w = image.chunk_extent(level, index)
                 image.write_chunk(level, index, data[c, y0 : y0 + h, x0 : x0 + w])
         window = display_range(accumulator.value_range(name), rows_ranges.get(name), fill)
