@@ -172,4 +172,6 @@ def test_a_spill_part_stands_out_from_its_canvas(make_napari_viewer, qtbot, tree
         layer.visible = layer is spill
     part_only = on_screen(viewer, screenshot(viewer), y, x)
     assert canvas_only.max() > 20 and part_only.max() > 20  # both draw the 0.25 there
-    assert np.abs(canvas_only - part_only).max() > 60, (canvas_only, part_only)
+    # drawn in another hue (brightness follows each layer's own window, so compare direction)
+    a, b = (v.astype(float) / np.linalg.norm(v) for v in (canvas_only, part_only))
+    assert float(a @ b) < 0.9, (canvas_only, part_only)
