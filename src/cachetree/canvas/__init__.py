@@ -46,7 +46,8 @@ parts that finished tasks list (``adopt=[...]``) and finalises them::
 One module per job: ``spec`` (the validated :class:`CanvasSpec`, the one description of a
 canvas), ``batch`` (checking a batch), ``tiles`` (the resident tiles, their buffer pool and
 the eviction policy), :mod:`~cachetree.canvas.spill` (spill parts: writing, reading back,
-decoding), :mod:`~cachetree.canvas.checkpoint`, :mod:`~cachetree.canvas.preview` (the
+decoding), :mod:`~cachetree.canvas.checkpoint`,
+``resuming`` (checkpointing and resuming a canvas), :mod:`~cachetree.canvas.preview` (the
 coarse preview kept on disk while merging), ``rows`` (normalising finished rows into the
 output images), ``base``, ``core`` and ``worker`` (the canvases; background writes run on
 a :class:`~cachetree.fs.pool.BoundedPool`), :mod:`~cachetree.canvas.view` (what is on disk,
