@@ -140,3 +140,47 @@ def test_a_chunk_written_again_after_its_shard_keeps_the_others(tmp_path):
     writer.write_chunk(0, (0, 2), np.full((8, 8), 9, np.uint8))  # its shard is stored already
     writer.finish(low=1, high=9)
     np.testing.assert_array_equal(open_image(writer.location)[0][0, ::8].compute(), [1, 2, 9, 4])
+
+
+SPOOL_WRITER = """
+import sys, time
+import numpy as np
+from cachetree.images.pyramid import ImageWriter
+
+writer = ImageWriter.create(sys.argv[1], (8, 32), np.uint8, chunk=8, min_size=32)
+writer.write_chunk(0, (0, 0), np.ones((8, 8), np.uint8))  # its shard waits for 3 more
+print("spooling", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_writer_leaves_no_spool_file_for_an_object_store(s3_root, tmp_path):
+    """Shards for S3 are spooled in anonymous temp files: SIGKILL leaves nothing behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    spool_dir = tmp_path / "tmp"
+    spool_dir.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SPOOL_WRITER, f"{s3_root}/img"],
+        env={**os.environ, "TMPDIR": str(spool_dir)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "spooling", proc.stderr.read()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert list(spool_dir.iterdir()) == []
+    writer = ImageWriter.create(f"{s3_root}/img", (8, 32), np.uint8, chunk=8, min_size=32)
+    for tx in range(4):  # the same writer, not killed, stores the shard in one put
+        writer.write_chunk(0, (0, tx), np.full((8, 8), tx + 1, np.uint8))
+    writer.finish(low=1, high=4)
+    np.testing.assert_array_equal(open_image(writer.location)[0][0, ::8].compute(), [1, 2, 3, 4])

@@ -16,7 +16,6 @@ import os
 import posixpath
 import tempfile
 import threading
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,12 +35,13 @@ class ShardFile:
     """A shard being filled: chunks are appended to a temp file as they arrive, in any
     order, and nothing is held in memory; :meth:`close` ends it with the index.
 
-    The temp file is ``spool`` (beside the shard on local disk, so it can be renamed into
-    place; in the local temp directory for object stores, uploaded in one put). Not thread
-    safe: the writer serialises calls.
+    The temp file is ``spool``, beside the shard on local disk so it can be renamed into
+    place. With ``spool=None`` (object stores) it is an anonymous temp file, which the
+    operating system removes when the file is closed or the process dies, and
+    :meth:`upload` stores it in one put. Not thread safe: the writer serialises calls.
     """
 
-    def __init__(self, layout: LevelLayout, spool: str):
+    def __init__(self, layout: LevelLayout, spool: str | None):
         self.layout = layout
         self.spool = spool
         self.slots: dict[tuple[int, ...], tuple[int, int] | None] = {}
@@ -54,30 +54,46 @@ class ShardFile:
             self.slots.setdefault(local, None)
             return
         if self._fh is None:
-            os.makedirs(os.path.dirname(self.spool) or ".", exist_ok=True)
-            self._fh = open(self.spool, "wb")  # noqa: SIM115 - closed by close() / discard()
+            self._fh = self._open()
         self._fh.write(data)
         self.slots[local] = (self._size, len(data))
         self._size += len(data)
+
+    def _open(self) -> Any:
+        if self.spool is None:
+            return tempfile.TemporaryFile()  # noqa: SIM115 - closed by upload() / discard()
+        os.makedirs(os.path.dirname(self.spool) or ".", exist_ok=True)
+        return open(self.spool, "wb")  # noqa: SIM115 - closed by close() / discard()
 
     def complete(self, shard: Sequence[int]) -> bool:
         """Whether every chunk of ``shard`` inside the level was added."""
         return len(self.slots) >= self.layout.chunks_in(shard)
 
     def close(self) -> bool:
-        """End the file with the index; False (and no file) when no chunk holds data."""
+        """End the file with the index; False (and no file) when no chunk holds data.
+
+        A named spool is closed here; an anonymous one stays open for :meth:`upload`.
+        """
         if self._fh is None:
             return False
-        with self._fh:
-            self._fh.write(self.layout.index_tail(self.slots))
+        self._fh.write(self.layout.index_tail(self.slots))
+        if self.spool is not None:
+            self._fh.close()
         return True
+
+    def upload(self, fs: Any, path: str) -> None:
+        """Store the closed anonymous spool at ``path`` of ``fs`` in one put."""
+        with self._fh as fh:
+            fh.seek(0)
+            fs.pipe_file(path, fh.read())
 
     def discard(self) -> None:
         """Drop the temp file (after a failure, or when the shard is cleared)."""
         if self._fh is not None:
             self._fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.spool)
+        if self.spool is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.spool)
 
 
 class ShardWriter:
@@ -188,11 +204,7 @@ class ShardWriter:
         level, shard = key
         layout = self.levels[level]
         path = self._path(layout, shard)
-        if self.location.is_local:
-            spool = temp_name(path)
-        else:
-            spool = os.path.join(tempfile.gettempdir(), f"cachetree-shard-{uuid.uuid4().hex}")
-        entry = ShardFile(layout, spool)
+        entry = ShardFile(layout, temp_name(path) if self.location.is_local else None)
         raw = self._get(path) if self._may_exist(key) else None
         if raw is not None:
             for local, data in layout.unpack(raw).items():
@@ -246,11 +258,10 @@ class ShardWriter:
                 if may_exist:
                     self._remove(path)
                 return []
-            if self.location.is_local:
+            if entry.spool is not None:
                 os.replace(entry.spool, path)
             else:
-                self.location.fs.put_file(entry.spool, path)
-                os.unlink(entry.spool)
+                entry.upload(self.location.fs, path)
         except BaseException:
             entry.discard()
             raise
