@@ -61,9 +61,9 @@ class ShardFile:
 
     def _open(self) -> Any:
         if self.spool is None:
-            return tempfile.TemporaryFile()  # noqa: SIM115 - closed by upload() / discard()
+            return tempfile.TemporaryFile()
         os.makedirs(os.path.dirname(self.spool) or ".", exist_ok=True)
-        return open(self.spool, "wb")  # noqa: SIM115 - closed by close() / discard()
+        return open(self.spool, "wb")
 
     def complete(self, shard: Sequence[int]) -> bool:
         """Whether every chunk of ``shard`` inside the level was added."""
