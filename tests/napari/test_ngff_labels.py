@@ -146,3 +146,44 @@ def test_images_of_two_resolutions_overlay_in_physical_units(make_napari_viewer,
     for layer in (stain, prob):  # both span 32 x 40 micrometres
         (y0, x0), (y1, x1) = layer.extent.world
         assert (y1 - y0, x1 - x0) == pytest.approx((32.0, 40.0), abs=1.0)
+
+
+def test_a_canvas_in_progress_and_its_spill_parts_have_the_physical_scale(
+    make_napari_viewer, tmp_path
+):
+    """Before finalise too, canvas layers (and a spill part's) are placed in micrometres."""
+    from cachetree.canvas import SPILL_KIND, Canvas
+    from cachetree.canvas.spill import read_spill_part
+    from cachetree.napari._layers import spill_part_layers
+    from cachetree.tree.parts import list_parts
+
+    tree = CacheTree(tmp_path / "tree")
+    viewer = make_napari_viewer()
+    with tree.node("slide") as node:
+        canvas = Canvas(
+            node,
+            (32, 48),
+            {"prob": 1},
+            tile=16,
+            order="any",
+            memory_budget=2 * 16 * 16 * 8,
+            pixel_size=0.25,
+            units="um",
+            output_stride=2,
+        )
+        for left in (0, 16, 32):  # three tiles of the top row; two of them are spilled
+            canvas.add({"prob": np.ones((1, 16, 16, 1), np.float32)}, [[left, 0, left + 16, 16]])
+        canvas.checkpoint()
+        (prob,) = viewer.open(str(node.location.path), plugin="cachetree")
+        assert prob.name.startswith("slide:prob (")  # in progress: the share merged is shown
+        np.testing.assert_allclose(prob.scale, [0.5, 0.5])
+        assert [str(u) for u in prob.units] == ["micrometer"] * 2
+        (y0, x0), (y1, x1) = prob.extent.world
+        assert (y1 - y0, x1 - x0) == pytest.approx((16.0, 24.0), abs=0.5)
+        spills = list_parts(node.location, kind=SPILL_KIND)
+        assert spills
+        contents = read_spill_part(spills[0])
+        for _, kwargs, _ in spill_part_layers(spills[0], "slide", {}):  # weight and prob
+            assert kwargs["scale"] == (0.5, 0.5)  # 2 x 0.25 um
+            assert kwargs["translate"] == (contents.top * 0.5, contents.left * 0.5)
+        canvas.finalize()

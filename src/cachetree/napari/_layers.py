@@ -247,7 +247,7 @@ def _canvas_head_layer(
     level0 = levels[0]
     suffix = merged_suffix(state.merged)
     origin = _origin(root, node.location, None)
-    kwargs: dict[str, Any] = {"multiscale": len(levels) > 1}
+    kwargs: dict[str, Any] = {"multiscale": len(levels) > 1, **canvas_scale(state.spec)}
     if level0.ndim == 3:
         names = [f"{name} [{i}]" for i in range(level0.shape[0])]
         kwargs.update(
@@ -266,6 +266,14 @@ def _canvas_head_layer(
     return (levels if len(levels) > 1 else level0, kwargs, "image")
 
 
+def canvas_scale(spec: dict[str, Any]) -> dict[str, Any]:
+    """Layer ``scale`` and ``units`` of a canvas' ``y, x`` from its spec (none if it has no
+    physical pixel size), so canvas layers overlay the input they were predicted from."""
+    if "scale" not in spec:
+        return {}
+    return _with_units({"scale": tuple(spec["scale"])}, [spec.get("units")] * 2)
+
+
 def spill_part_layers(part: PartInfo, label: str, metadata: dict[str, Any]) -> list[LayerData]:
     """What one canvas spill part holds: each head's sum / weight over its tiles, and weight.
 
@@ -277,13 +285,16 @@ def spill_part_layers(part: PartInfo, label: str, metadata: dict[str, Any]) -> l
     from cachetree.canvas.spill import read_spill_part
 
     contents = read_spill_part(part)
-    top, left, weight = contents.top, contents.left, contents.weight
+    weight = contents.weight
+    placement = canvas_scale(part.meta.get("canvas", {}))
+    sy, sx = placement.get("scale", (1.0, 1.0))
+    placement["translate"] = (contents.top * sy, contents.left * sx)  # world units
     base = f"{label}:parts/{part.name}"
     layers: list[LayerData] = []
     for head, total in contents.sums.items():
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = total / weight
-        kwargs = display.spill({"translate": (top, left), "metadata": metadata})
+        kwargs = display.spill({**placement, "metadata": metadata})
         finite = mean[np.isfinite(mean)]
         if finite.size:
             window = display.probability_window(float(finite.min()), float(finite.max()))
@@ -293,7 +304,7 @@ def spill_part_layers(part: PartInfo, label: str, metadata: dict[str, Any]) -> l
             layers.append((mean, kwargs, "image"))
         else:
             layers.append((mean[0], {**kwargs, "name": f"{base}/{head}"}, "image"))
-    weight_kwargs = {"translate": (top, left), "metadata": metadata, "name": f"{base}/weight"}
+    weight_kwargs = {**placement, "metadata": metadata, "name": f"{base}/weight"}
     layers.insert(0, (weight, {**weight_kwargs, "colormap": "viridis", "visible": False}, "image"))
     return layers
 
