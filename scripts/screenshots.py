@@ -152,6 +152,10 @@ def wait(condition, timeout: float = 30.0) -> None:
     raise TimeoutError("the widget did not finish in time")
 
 
+def layer_names(viewer) -> list[str]:
+    return [layer.name for layer in viewer.layers]
+
+
 def save(image: np.ndarray, path: Path) -> None:
     import imageio.v3 as iio
 
@@ -213,7 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     for layer in viewer.layers:
         layer.visible = layer.name == "input:ihc"
     browser.open_row(browser.select("predict"))
-    wait(lambda: not browser.busy and "predict:dab" in viewer.layers)
+    wait(  # named with the share merged: "predict:dab (NN % merged)"
+        lambda: not browser.busy and any(n.startswith("predict:dab") for n in layer_names(viewer))
+    )
     viewer.reset_view()
     wait(lambda: True)
     save(viewer.screenshot(canvas_only=False, flash=False), args.out / "spilled-canvas.png")

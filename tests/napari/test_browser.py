@@ -251,3 +251,17 @@ def test_a_missing_root_is_reported_not_raised(make_napari_viewer, qtbot, tmp_pa
     wait_idle(qtbot, widget)
     assert "is not a cache tree" in widget.status_label.text()
     assert any("is not a cache tree" in message for _, message in notifications())
+
+
+def test_switching_to_another_root_replaces_the_rows(qtbot, browser, tmp_path):
+    """A second root (Open / Enter in the root field) replaces the listed tree."""
+    other = CacheTree(tmp_path / "other")
+    with other.node("elsewhere") as node:
+        node.save_json("value", {"a": 1})
+    expand(qtbot, browser, "segment")
+    assert browser.row("segment") is not None
+    browser.set_root(str(tmp_path / "other"))
+    qtbot.waitUntil(lambda: browser.row("elsewhere") is not None)
+    wait_idle(qtbot, browser)
+    assert browser.row("segment") is None
+    assert child_names(browser.tree.topLevelItem(0)) == ["elsewhere"]

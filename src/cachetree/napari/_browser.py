@@ -181,7 +181,7 @@ class CacheTreeBrowser(QWidget):
         self.root_edit.setText(url)
         self._generation += 1
         generation = self._generation
-        self.tree.reset()
+        self.tree.forget_rows()
         self._pending.clear()
         self.root = None
         self.selection.select(None, None)

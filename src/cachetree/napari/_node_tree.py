@@ -154,7 +154,7 @@ class NodeTree(QTreeWidget):
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAsNeeded)
         self.setSelectionMode(QTreeWidget.SelectionMode.ExtendedSelection)
 
-    def reset(self, root_name: str = "") -> None:
+    def forget_rows(self, root_name: str = "") -> None:
         """Forget every row."""
         self.clear()
         self._rows.clear()
