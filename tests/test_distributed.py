@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 
 from cachetree import CacheTree, OpenMode, Status
-from cachetree.canvas import SPILL_KIND, Canvas, CanvasSpec
+from cachetree.canvas import SPILL_KIND, Canvas, CanvasSpec, WorkerCanvas
 from cachetree.canvas.cluster import (
     IncompleteRunError,
     finalize_canvas,
@@ -33,6 +34,8 @@ from cachetree.canvas.cluster import (
     merge_distributed,
     task_status,
 )
+from cachetree.canvas.preview import PreviewAccumulator
+from cachetree.canvas.view import open_canvas_pyramid
 from cachetree.cli import main as cli_main
 from cachetree.errors import IncompatibleError, InvalidDataError, KeyLookupError
 from cachetree.fs.location import Location
@@ -122,6 +125,26 @@ def unlisted_spills(loc: Location) -> list[str]:
     return sorted(p.name for p in parts if p.kind == SPILL_KIND and p.name not in listed)
 
 
+def assert_preview_of_everything(loc: Location, spec: CanvasSpec, scratch: Path) -> None:
+    """While not finalised, the node shows the preview a single worker canvas that merged
+    every patch would have: the tasks' block sums, summed by the client."""
+    pyramid = open_canvas_pyramid(loc)
+    assert pyramid.state.merged == 1.0 and pyramid.state.preview is not None
+    factor = pyramid.state.preview["factor"]
+    single = WorkerCanvas(Location.from_url(scratch), spec, part_prefix="all", preview=factor)
+    boxes = np.concatenate([t.boxes for t in TASKS])
+    for i in range(0, len(boxes), 32):
+        single.add(models.model(None, boxes[i : i + 32]), boxes[i : i + 32])
+    single.flush_parts()
+    reference = PreviewAccumulator(spec, factor)
+    reference.add_reached(*single.preview_reached())
+    for head, levels in pyramid.levels.items():
+        assert len(levels) > int(math.log2(factor))  # level 0, enlarged levels, the preview
+        got = np.asarray(levels[int(math.log2(factor))])
+        want = reference.levels(head)[0]
+        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+
+
 def wait_idle(client, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while any(client.processing().values()):
@@ -169,6 +192,7 @@ def test_cluster_merge_equals_single_process(client, expected, storage, tmp_path
     orphans = unlisted_spills(node.location)
     assert {n.split("-")[2] for n in orphans} == {"2", "5"}  # task-rows-<i>-<attempt>-<seq>
     assert sorted(os.listdir(flags)) == ["rows-2", "rows-5"]
+    assert_preview_of_everything(node.location, spec, tmp_path / "reference")
 
     infos = finalize_canvas(node)
     assert set(infos) == set(models.HEADS)

@@ -36,6 +36,7 @@ class CanvasBase:
         memory_budget: int | str | None,
         workers: int,
         spill_prefix: str,
+        preview: int | None = None,
     ):
         self.spec = spec
         self.memory_budget = parse_memory_budget(memory_budget)
@@ -45,7 +46,8 @@ class CanvasBase:
         self._loc = location
         self._spec_json = spec.to_json()
         self._store = TileStore(spec, self.memory_budget)
-        self._preview = PreviewAccumulator(spec, preview_factor(spec, self.memory_budget))
+        factor = preview_factor(spec, self.memory_budget) if preview is None else preview
+        self._preview = PreviewAccumulator(spec, factor)
         self._pool = BoundedPool(workers, "cachetree-canvas")
         self._spills = SpillStore(
             location, spill_prefix, self._spec_json, workers=workers, recycle=self._store.recycle

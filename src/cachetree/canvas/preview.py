@@ -123,6 +123,30 @@ class PreviewAccumulator:
         """The accumulators as arrays to store in a checkpoint."""
         return {"weight": self.weight, **{f"sum/{name}": acc for name, acc in self.sums.items()}}
 
+    def reached(self) -> tuple[tuple[int, int], dict[str, np.ndarray]]:
+        """The bounding box of the cells some patch reached: its first cell ``(row,
+        column)`` and :meth:`arrays` cropped to it (none when no patch reached any)."""
+        rows = np.flatnonzero(self.weight.any(axis=1))
+        cols = np.flatnonzero(self.weight.any(axis=0))
+        if not rows.size:
+            return (0, 0), {}
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        return (int(rows[0]), int(cols[0])), {k: v[box] for k, v in self.arrays().items()}
+
+    def add_reached(self, origin: tuple[int, int], arrays: Mapping[str, np.ndarray]) -> None:
+        """Add the block sums another accumulator of the same factor :meth:`reached`."""
+        if not arrays:
+            return
+        weight = np.asarray(arrays["weight"])
+        box = (
+            slice(origin[0], origin[0] + weight.shape[0]),
+            slice(origin[1], origin[1] + weight.shape[1]),
+        )
+        self.weight[box] += weight
+        for name, acc in self.sums.items():
+            acc[box] += np.asarray(arrays[f"sum/{name}"])
+        self.version += 1
+
     def restore(self, arrays: Mapping[str, np.ndarray]) -> bool:
         """Continue from :meth:`arrays` of a checkpoint; False (and unchanged) if they do
         not fit this canvas (another factor)."""

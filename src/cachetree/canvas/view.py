@@ -347,8 +347,7 @@ class CanvasPyramid:
         stored pyramids. A canvas in progress gives the normalised level 0 of
         :func:`open_canvas`, then the preview: levels finer than the preview factor F show
         the preview's F x F blocks enlarged, the others are the stored preview pyramid.
-        Without a preview (canvases merged by several processes, or written by older
-        versions) only level 0 is given.
+        Without a preview (canvases written by older versions) only level 0 is given.
     """
 
     state: CanvasState

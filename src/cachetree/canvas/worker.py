@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
+import numpy as np
+
 from ..errors import InvalidDataError
 from ..fs.location import validate_name
 from ..tree.node import NodeLike, location_of
@@ -35,6 +37,9 @@ class WorkerCanvas(CanvasBase):
         Bytes of accumulators held in RAM, as for :class:`~cachetree.canvas.Canvas`.
     workers
         Threads writing spill parts.
+    preview
+        Factor of the canvas' preview block sums (:meth:`preview_reached`); default: the
+        one a :class:`~cachetree.canvas.Canvas` of this budget uses.
 
     Raises
     ------
@@ -53,6 +58,7 @@ class WorkerCanvas(CanvasBase):
         part_prefix: str,
         memory_budget: int | str | None = None,
         workers: int = 2,
+        preview: int | None = None,
     ):
         if part_prefix is None:
             raise InvalidDataError(
@@ -66,6 +72,7 @@ class WorkerCanvas(CanvasBase):
             memory_budget=memory_budget,
             workers=workers,
             spill_prefix=part_prefix,
+            preview=preview,
         )
 
     def _rows_passed(self, upto: int) -> None:
@@ -94,6 +101,12 @@ class WorkerCanvas(CanvasBase):
         return list(self._spills.parts)
 
     _finish = flush_parts
+
+    def preview_reached(self) -> tuple[tuple[int, int], dict[str, np.ndarray]]:
+        """The preview block sums of everything this canvas spilled, over the cells some
+        patch reached: ``(first cell row, column)`` and the arrays ``weight`` and
+        ``sum/<head>`` (see :meth:`~cachetree.canvas.preview.PreviewAccumulator.reached`)."""
+        return self._preview.reached()
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> NoReturn:
         """Not available: a worker canvas ends with :meth:`flush_parts`."""

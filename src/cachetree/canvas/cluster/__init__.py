@@ -29,8 +29,11 @@ On-disk layout inside the node, besides what :class:`~cachetree.canvas.Canvas` w
     .cachetree-parts/task-<id>-<attempt>-<seq>/    spill part (kind "canvas-spill") of one
         <ty>_<tx>/weight.npy, <ty>_<tx>/<head>/sum.npy       attempt of a task
     .cachetree-parts/canvas-task-<id>/             task marker (kind "canvas-task"): meta
-        part.json, boxes.npy                       lists the attempt's spill parts; boxes.npy
-                                                   holds the task's patch boxes
+        part.json, boxes.npy, preview/...          lists the attempt's spill parts; boxes.npy
+                                                   holds the task's patch boxes, preview/
+                                                   its preview block sums
+    .cachetree-parts/canvas-staging/               the preview the client writes while the
+        preview.json, preview-<seq>/               tasks run (see cluster.preview)
 
 A node left unfinalised is inspected and finalised later by the command line::
 
@@ -40,8 +43,8 @@ A node left unfinalised is inspected and finalised later by the command line::
 One module per job: ``tasks`` (what to compute: :class:`Task`, :func:`grid_tasks`, the
 names of a task's parts), ``run`` (what a worker executes: :func:`run_task`), ``plan`` (the
 plan and the run's parts on storage), ``status`` (which tasks are done: :func:`task_status`,
-:func:`run_status`), ``merge`` (the client: :func:`merge_distributed`) and ``finalize``
-(:func:`finalize_canvas`).
+:func:`run_status`), ``preview`` (the preview the client keeps while tasks run), ``merge``
+(the client: :func:`merge_distributed`) and ``finalize`` (:func:`finalize_canvas`).
 """
 
 from .finalize import IncompleteRunError, finalize_canvas

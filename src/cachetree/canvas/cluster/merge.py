@@ -18,9 +18,11 @@ from ...errors import FinalizedError, InvalidDataError
 from ...fs.location import Location
 from ...images.ngff import ImageInfo
 from ...tree.node import Node
+from ..preview import preview_factor
 from ..spec import CanvasSpec, parse_memory_budget
 from .finalize import finalize_canvas
 from .plan import discard_run, read_plan, write_plan
+from .preview import RunPreview, marker_block_sums
 from .run import run_task
 from .status import task_status
 from .tasks import Model, Task, TaskResult, as_tasks
@@ -199,6 +201,12 @@ def merge_distributed(
     write_plan(loc, spec, canvas_json, task_list)
     done = task_status(loc, task_list)
     todo = [t for t in task_list if t.id not in done]
+    factor = preview_factor(spec, parse_memory_budget(None))
+    preview = RunPreview(loc, spec, factor)
+    for marker in done.values():
+        if (marker.meta.get("preview") or {}).get("factor") == factor:
+            preview.add(marker_block_sums(marker))
+    preview.write(len(done) / len(task_list), now=True)
     report = MergeReport(node.url, tasks=len(task_list), skipped=len(done))
     report.task_memory_budget = parse_memory_budget(worker_memory_budget)
     log.info(
@@ -217,6 +225,7 @@ def merge_distributed(
             memory_budget=worker_memory_budget,
             storage_options=options,
             io_threads=io_threads,
+            preview=factor,
             key=f"cachetree-task-{task.id}-{token}",
             pure=False,
             retries=retries,
@@ -228,6 +237,8 @@ def merge_distributed(
         for future in as_completed(futures):
             result: TaskResult = future.result()
             _account(report, result)
+            preview.add(result.preview)
+            preview.write((report.skipped + report.computed) / len(task_list))
             bar.update()
     except BaseException as exc:
         client.cancel(futures)
@@ -240,6 +251,7 @@ def merge_distributed(
     finally:
         bar.close()
     report.seconds_tasks = time.perf_counter() - start
+    preview.write((report.skipped + report.computed) / len(task_list), now=True)
     if finalize:
         start = time.perf_counter()
         report.images = finalize_canvas(node, progress=progress, workers=finalize_workers)

@@ -15,6 +15,7 @@ from ...errors import InvalidDataError
 from ...fs.location import Location
 from ...tree.parts import write_part
 from ..kinds import TASK_KIND
+from ..preview import preview_factor
 from ..spec import CanvasSpec, parse_memory_budget
 from ..worker import WorkerCanvas
 from .status import valid_marker
@@ -53,6 +54,7 @@ def run_task(
     memory_budget: int | str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     io_threads: int = 2,
+    preview: int | None = None,
 ) -> TaskResult:
     """Merge one task's patches into spill parts of the node and write its marker.
 
@@ -82,6 +84,10 @@ def run_task(
         fsspec options to reach ``node_url``.
     io_threads
         Threads writing spill parts.
+    preview
+        Factor of the preview block sums the task returns and stores in its marker
+        (``preview/weight``, ``preview/sum/<head>``, over the cells its patches reached);
+        default: the one a canvas of this budget uses.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidDataError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -99,12 +105,14 @@ def run_task(
     boxes = task.boxes
     if spec.order == "row-major":
         boxes = boxes[np.argsort(np.maximum(boxes[:, 1], 0), kind="stable")]
+    factor = preview_factor(spec, budget) if preview is None else preview
     canvas = WorkerCanvas(
         loc,
         spec,
         part_prefix=f"{ATTEMPT_PREFIX}{task.id}-{attempt}",
         memory_budget=budget,
         workers=io_threads,
+        preview=factor,
     )
     try:
         for i in range(0, len(boxes), batch_size):
@@ -112,6 +120,7 @@ def run_task(
             canvas.add(model(task, batch), batch)
         parts = canvas.flush_parts()
         stats = canvas.stats
+        origin, block_sums = canvas.preview_reached()
     except BaseException:
         canvas.close()
         raise
@@ -119,7 +128,7 @@ def run_task(
     write_part(
         loc,
         marker_name(task.id),
-        {"boxes": np.asarray(task.boxes)},
+        {"boxes": np.asarray(task.boxes), **{f"preview/{k}": v for k, v in block_sums.items()}},
         kind=TASK_KIND,
         meta={
             "task": task.id,
@@ -132,6 +141,7 @@ def run_task(
             "worker": worker,
             "spilled_bytes": stats["spilled_bytes"],
             "peak_resident_bytes": stats["peak_resident_bytes"],
+            "preview": {"factor": factor, "origin": list(origin)},
         },
     )
     return TaskResult(
@@ -145,4 +155,5 @@ def run_task(
         seconds=seconds,
         worker=worker,
         attempt=attempt,
+        preview=(origin, block_sums),
     )

@@ -166,6 +166,9 @@ class TaskResult:
     seconds: float = 0.0
     worker: str = ""
     attempt: str = ""
+    preview: tuple[tuple[int, int], dict[str, np.ndarray]] | None = None
+    """The task's preview block sums: first cell and arrays (see
+    :meth:`~cachetree.canvas.WorkerCanvas.preview_reached`); None for a skipped task."""
 
 
 def marker_name(task_id: str) -> str:

@@ -1,0 +1,77 @@
+"""The preview of a cluster merge while it runs, summed by the client from the tasks' own.
+
+Each task returns (and stores in its marker) the preview block sums of the cells its patches
+reached, at the factor the client chose. The client adds them up as tasks finish and writes
+the same preview a :class:`~cachetree.canvas.Canvas` writes (``preview.json`` and its
+``preview-<seq>/`` folder in the staging area), so a viewer shows a cluster merge in
+progress exactly as a single-process one. The block sums are tiny next to the canvas, and
+the client reads nothing else while tasks run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from ...fs.location import Location
+from ...tree.parts import PartInfo, parts_location, remove_parts
+from ..core import PREVIEW_INTERVAL
+from ..kinds import STAGING
+from ..preview import PreviewAccumulator, write_preview
+from ..spec import CanvasSpec
+
+__all__ = ["RunPreview", "marker_block_sums"]
+
+_PREFIX = "preview/"
+"""Prefix of the preview arrays in a task marker."""
+
+
+def marker_block_sums(marker: PartInfo) -> tuple[tuple[int, int], dict[str, np.ndarray]]:
+    """The preview block sums a task marker holds: first cell and arrays (none if it has
+    none, e.g. a marker written before previews existed)."""
+    origin = (marker.meta.get("preview") or {}).get("origin")
+    names = [n for n in marker.arrays if n.startswith(_PREFIX)]
+    if origin is None or not names:
+        return (0, 0), {}
+    return (int(origin[0]), int(origin[1])), {
+        n.removeprefix(_PREFIX): np.asarray(marker.read(n)) for n in names
+    }
+
+
+class RunPreview:
+    """The preview pyramid of a canvas merged by several processes, written by the client.
+
+    Parameters
+    ----------
+    location
+        The node.
+    spec
+        The canvas.
+    factor
+        The preview factor every task uses.
+    """
+
+    def __init__(self, location: Location, spec: CanvasSpec, factor: int):
+        self.accumulator = PreviewAccumulator(spec, factor)
+        root = parts_location(location)
+        remove_parts(root, [STAGING])  # a staging area of an earlier canvas of the node
+        self._staging = root.raw_child(STAGING)
+        self._seq = 0
+        self._written_at = -float("inf")
+
+    def add(self, block_sums: tuple[tuple[int, int], dict[str, Any]] | None) -> None:
+        """Add one task's block sums (``(first cell, arrays)``; None adds nothing)."""
+        if block_sums is not None:
+            self.accumulator.add_reached(*block_sums)
+
+    def write(self, merged: float, *, now: bool = False) -> None:
+        """Write the preview with the share of tasks done, at most every
+        :data:`~cachetree.canvas.core.PREVIEW_INTERVAL` seconds unless ``now``."""
+        if not now and time.monotonic() - self._written_at < PREVIEW_INTERVAL:
+            return
+        status = {"seq": self._seq, "merged": merged}
+        write_preview(self._staging, self._seq, self.accumulator, {}, status)
+        self._seq += 1
+        self._written_at = time.monotonic()
