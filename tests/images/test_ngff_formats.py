@@ -133,6 +133,49 @@ def test_streamed_rows_write_every_shard_once_and_read_none_back(tmp_path):
     assert_valid(writer.location.path, "0.5")
 
 
+class RangeCountingWriter(ImageWriter):
+    """Records the byte ranges read back (the writer's own I/O hook)."""
+
+    ranges: list[bytes | None]
+
+    def _get_range(self, path: str, start: int, end: int | None) -> bytes | None:
+        data = super()._get_range(path, start, end)
+        self.ranges.append(data)
+        return data
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_stored_chunk_is_read_back_alone_as_zarr_reads_it(tmp_path, where, request):
+    """read_chunk reads a shard's index and the chunk's bytes, nothing more, and gives the
+    values zarr reads: clipped at the edges, the fill value where nothing was written."""
+    root = request.getfixturevalue("s3_root") if where == "s3" else str(tmp_path)
+    shape, chunk = (2, 40, 100), 16
+    data = np.random.default_rng(2).random(shape).astype(np.float32)
+    writer = RangeCountingWriter.create(
+        f"{root}/img", shape, data.dtype, chunk=chunk, fill_value=-1, min_size=8
+    )
+    grid = writer.grid(0)
+    skipped = {(c, ty, tx) for c, ty, tx in np.ndindex(*grid) if (ty + tx) % 3 == 0}
+    for index in np.ndindex(*grid):
+        if index not in skipped:
+            c, ty, tx = index
+            writer.write_chunk(0, index, data[c, ty * 16 : ty * 16 + 16, tx * 16 : tx * 16 + 16])
+    writer.flush()
+    level0 = zarr.open_array(writer.location.raw_child("0").zarr_store(read_only=True), mode="r")
+    layout = writer.levels[0]
+    for index in np.ndindex(*grid):
+        writer.ranges = []
+        block = writer.read_chunk(0, index)
+        stored = np.asarray(level0[layout.chunk_region(index)])
+        np.testing.assert_array_equal(block, stored[0])
+        if index in skipped:
+            assert (block == -1).all()
+        index_bytes, *chunk_bytes = writer.ranges  # the shard's index, then the chunk only
+        assert len(index_bytes) == layout.index_size
+        assert chunk_bytes == ([] if index in skipped else [layout.encode_chunk(stored)])
+    assert writer.read_chunk(0, (0, 0, 1)).flags.writeable
+
+
 def test_a_chunk_written_again_after_its_shard_keeps_the_others(tmp_path):
     writer = ImageWriter.create(tmp_path / "img", (8, 32), np.uint8, chunk=8, min_size=32)
     for tx in range(4):

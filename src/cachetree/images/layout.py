@@ -4,9 +4,9 @@ A level is stored in **shards**, the files (or objects) written in one go. On za
 (OME-NGFF 0.5) a shard holds a row of chunks, encoded one by one and followed by the zarr
 ``sharding_indexed`` index (offset and length of every chunk, then a CRC32C); on zarr
 format 2 (OME-NGFF 0.4) there are no shards and every chunk is its own file, so a "shard"
-here is one chunk. :class:`LevelLayout` encodes chunks and writes the shard index exactly
-as zarr-python reads them (:mod:`cachetree.images.shards` stores them); the zarr metadata
-itself is written by zarr-python (:meth:`LevelLayout.create`).
+here is one chunk. :class:`LevelLayout` encodes and decodes chunks and writes and reads the
+shard index exactly as zarr-python does (:mod:`cachetree.images.shards` stores and reads
+them); the zarr metadata itself is written by zarr-python (:meth:`LevelLayout.create`).
 """
 
 from __future__ import annotations
@@ -153,17 +153,32 @@ class LevelLayout:
         raw = index.tobytes()
         return raw + np.array([google_crc32c.value(raw)], dtype="<u4").tobytes()
 
+    @property
+    def index_size(self) -> int:
+        """Bytes of the index that ends a shard, its CRC32C included."""
+        return math.prod(self.per_shard) * 16 + 4
+
+    def chunk_slot(self, tail: bytes, local: Sequence[int]) -> tuple[int, int] | None:
+        """``(offset, length)`` in its shard of the chunk at ``local``, from the shard's
+        last :attr:`index_size` bytes (or more); None when the chunk is absent."""
+        index = np.frombuffer(tail[-self.index_size : -4], dtype="<u8")
+        offset, length = (int(v) for v in index.reshape(*self.per_shard, 2)[tuple(local)])
+        return None if offset == EMPTY else (offset, length)
+
     def unpack(self, data: bytes) -> dict[tuple[int, ...], bytes | None]:
         """The encoded chunks of a stored shard (None for absent ones)."""
         if not self.sharded:
             return {(0,) * len(self.shape): data}
-        per = self.per_shard
-        size = math.prod(per) * 16
-        index = np.frombuffer(data[-size - 4 : -4], dtype="<u8").reshape(*per, 2)
         out: dict[tuple[int, ...], bytes | None] = {}
-        for local in np.ndindex(*per):
-            offset, length = (int(v) for v in index[local])
-            out[local] = None if offset == EMPTY else data[offset : offset + length]
+        for local in np.ndindex(*self.per_shard):
+            slot = self.chunk_slot(data, local)
+            out[local] = None if slot is None else data[slot[0] : slot[0] + slot[1]]
+        return out
+
+    def decode_chunk(self, data: bytes) -> np.ndarray:
+        """A whole chunk (:attr:`chunks`, edge chunks padded) from its encoded bytes."""
+        out = np.empty(self.chunks, self.dtype.newbyteorder("<"))
+        self.codec.decode(data, out=out)
         return out
 
     # -- zarr metadata --------------------------------------------------------------------

@@ -5,11 +5,12 @@
 canvas, whose level 0 arrives tile by tile from many threads. It encodes chunks itself
 (so many can be encoded in parallel without the zarr machinery in the way) and stores
 them in shards (:mod:`cachetree.images.layout`); zarr-python writes the array metadata and
-reads everything back. A shard is never read back and rewritten: chunks that arrive one at
-a time are appended, encoded, to a temp file (nothing is held in memory), and once the last
-one is there the index is added and the file goes into place in one step (a rename on
-local disk, one object put elsewhere). Levels 1..n are built from the level below
-(:meth:`ImageWriter.build_levels`) or while level 0 streams in
+reads whole levels back, while single chunks read back during a write
+(:meth:`ImageWriter.read_chunk`) are decoded here. A shard is never read back and
+rewritten: chunks that arrive one at a time are appended, encoded, to a temp file (nothing
+is held in memory), and once the last one is there the index is added and the file goes
+into place in one step (a rename on local disk, one object put elsewhere). Levels 1..n are
+built from the level below (:meth:`ImageWriter.build_levels`) or while level 0 streams in
 (:class:`PyramidAssembler`); :meth:`ImageWriter.finish` adds the OME-NGFF metadata (0.5 on
 zarr v3, or 0.4 on zarr v2).
 """
@@ -247,8 +248,19 @@ class ImageWriter(ShardWriter):
         return zarr.open_array(store, mode="r")
 
     def read_chunk(self, level: int, index: Sequence[int]) -> np.ndarray:
-        """The valid region of one chunk (the fill value where it was never written)."""
-        block = np.asarray(self._array(level)[self.levels[level].chunk_region(index)])
+        """The valid region of one stored chunk (the fill value where it was never written).
+
+        The chunk's bytes are read and decoded here, in the calling thread, without opening
+        the zarr array: reading chunks back while a canvas merges starts no zarr I/O threads
+        (each of which would keep a heap of its own).
+        """
+        layout = self.levels[level]
+        extent = tuple(s.stop - s.start for s in layout.chunk_region(index))
+        encoded = self.read_encoded(level, index)
+        if encoded is None:
+            block = np.full(extent, self.fill_value, self.dtype)
+        else:
+            block = layout.decode_chunk(encoded)[tuple(slice(0, n) for n in extent)]
         return block.reshape(block.shape[-2:]) if block.ndim > 2 else block
 
     # -- whole levels ---------------------------------------------------------------------

@@ -273,6 +273,25 @@ class ShardWriter:
             pending, self._pending = self._pending, {}
         return [path for key, entry in pending.items() for path in self._store(key, entry)]
 
+    # -- reading --------------------------------------------------------------------------
+    def read_encoded(self, level: int, index: Sequence[int]) -> bytes | None:
+        """The stored bytes of chunk ``index`` of ``level``, encoded; None when it holds only
+        the fill value or its shard is not stored yet.
+
+        Only what is needed is read: on zarr v3 the shard's index, then the chunk's range.
+        """
+        layout = self.levels[level]
+        shard, local = layout.locate(index)
+        path = self._path(layout, shard)
+        if not layout.sharded:
+            return self._get(path)
+        tail = self._get_range(path, -layout.index_size, None)
+        slot = None if tail is None else layout.chunk_slot(tail, local)
+        if slot is None:
+            return None
+        offset, length = slot
+        return self._get_range(path, offset, offset + length)
+
     def _path(self, layout: LevelLayout, shard: Sequence[int]) -> str:
         return posixpath.join(self.location.path, layout.key(shard))
 
@@ -302,6 +321,18 @@ class ShardWriter:
                 with open(path, "rb") as fh:
                     return fh.read()
             return self.location.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def _get_range(self, path: str, start: int, end: int | None) -> bytes | None:
+        """Bytes ``start:end`` of a stored file (a negative ``start`` counts from its end,
+        ``end=None`` reads to the end); None when the file is missing."""
+        try:
+            if self.location.is_local:
+                with open(path, "rb") as fh:
+                    fh.seek(start, os.SEEK_END if start < 0 else os.SEEK_SET)
+                    return fh.read(-1 if end is None else end - fh.tell())
+            return self.location.fs.cat_file(path, start=start, end=end)
         except FileNotFoundError:
             return None
 
