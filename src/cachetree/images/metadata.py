@@ -184,7 +184,7 @@ class ImageInfo:
 def read_image(location: Location | str) -> ImageInfo:
     """The metadata of the OME-Zarr image at ``location`` (no pixel is read).
 
-    At standalone labels (see :func:`~cachetree.images.meta.standalone_labels`) it is
+    At standalone labels (see :func:`cachetree.images.ngff.write_standalone_labels`) it is
     their labels image's.
 
     Raises
