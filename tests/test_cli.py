@@ -73,11 +73,15 @@ def test_info_names_the_ome_ngff_version_of_each_image(tmp_path):
     with tree.node("images") as node:
         node.save_image("old", np.zeros((8, 8), np.uint8))
         node.save_image("new", np.zeros((8, 8), np.uint8), format="0.5")
+        node.save_labels("cells", np.zeros((8, 8), np.uint8), image="new")
+        node.save_labels("mask", np.ones((8, 8), np.uint8))
     out = cli("info", node.url)
     assert out.returncode == 0, out.stderr
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if ".ome.zarr" in line}
     assert lines["old.ome.zarr"].endswith("OME-NGFF 0.4")
-    assert lines["new.ome.zarr"].endswith("OME-NGFF 0.5")
+    assert lines["new.ome.zarr"].endswith("OME-NGFF 0.5 + labels cells")
+    assert lines["mask.ome.zarr"].split()[1] == "labels"
+    assert lines["mask.ome.zarr"].endswith("OME-NGFF 0.4") and "(8, 8)" in lines["mask.ome.zarr"]
 
 
 def test_clean_dry_run_then_clean(tree):

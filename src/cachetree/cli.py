@@ -83,9 +83,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, item in sorted(manifest.items.items()):
         shape = f" {tuple(item['shape'])} {item.get('dtype', '')}" if "shape" in item else ""
         ngff = f" OME-NGFF {item['ngff']}" if "ngff" in item else ""
+        labels = f" + labels {', '.join(item['labels'])}" if item.get("labels") else ""
         print(
             f"  {name:<30} {item.get('kind', '?'):<8} {format_bytes(item.get('bytes')):>10}"
-            f"{shape}{ngff}"
+            f"{shape}{ngff}{labels}"
         )
     return 0
 

@@ -14,7 +14,14 @@ from ome_zarr_models import v04, v05
 from cachetree import CacheTree
 from cachetree.canvas import Canvas
 from cachetree.errors import InvalidDataError
-from cachetree.images.ngff import open_image, read_image, write_image, write_labels
+from cachetree.images.ngff import (
+    is_ome_zarr,
+    open_image,
+    read_image,
+    write_image,
+    write_labels,
+    write_standalone_labels,
+)
 from cachetree.images.pyramid import ImageWriter, PyramidAssembler
 
 MODELS = {"0.4": v04, "0.5": v05}
@@ -43,6 +50,28 @@ def test_images_and_labels_validate_as_their_version(tmp_path, fmt):
     other = "0.4" if fmt == "0.5" else "0.5"
     with pytest.raises(InvalidDataError, match="must be"):  # labels follow their image
         write_labels(path, "nuclei", np.ones((300, 200), np.uint16), format=other)
+
+
+@pytest.mark.parametrize("fmt", ["0.5", "0.4"])
+def test_standalone_labels_validate_as_their_version(tmp_path, fmt):
+    """Labels of no image: a plain group whose ``labels`` group validates, with the labels."""
+    path = tmp_path / "cells.ome.zarr"
+    write_image(path, np.ones((30, 20), np.uint8), labels=True)  # the earlier layout, replaced
+    data = np.arange(300 * 200, dtype=np.uint16).reshape(300, 200) % 7
+    info = write_standalone_labels(path, data, scale=(0.5, 0.5), units="um", format=fmt)
+    assert info.version == fmt and info.labels and info.shape == (300, 200)
+    assert info.url.endswith("cells.ome.zarr/labels/cells") and read_image(path) == info
+    assert is_ome_zarr(path) and not is_ome_zarr(path / "labels")
+    np.testing.assert_array_equal(open_image(path)[0], data)
+    group = zarr.open_group(str(path), mode="r")
+    assert group.metadata.zarr_format == (3 if fmt == "0.5" else 2)
+    assert group.attrs.asdict() == {} and sorted(group.keys()) == ["labels"]
+    MODELS[fmt].Labels.from_zarr(group["labels"])  # checks the labels images it lists too
+    assert_valid(path / "labels" / "cells", fmt, labels=True)
+    for models in MODELS.values():  # the group claims no image
+        with pytest.raises(Exception):  # noqa: B017 - any validation error will do
+            models.Image.from_zarr(group)
+    assert [p.name for p in tmp_path.iterdir()] == ["cells.ome.zarr"]  # no temp left
 
 
 @pytest.mark.parametrize("fmt", ["0.5", "0.4"])

@@ -1,15 +1,19 @@
-"""Labels under the image they annotate, where OME-Zarr readers find them, leaving no trace."""
+"""Labels where OME-Zarr readers find them, leaving no trace: under the image they annotate,
+or (saved without an image) under a group of their own, ``<name>.ome.zarr/labels/<name>``."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cachetree import CacheTree
+from cachetree.images.ngff import write_image
 
 pytestmark = pytest.mark.gui
 
@@ -36,6 +40,15 @@ def labelled(tmp_path, request) -> Path:
     return Path(node.location.path)
 
 
+@pytest.fixture(params=["0.5", "0.4"])
+def standalone(tmp_path, request) -> Path:
+    """A node with labels saved without an image, in either OME-NGFF version."""
+    tree = CacheTree(tmp_path / "tree", ngff_format=request.param)
+    with tree.node("segment", params={"threshold": 0.5}) as node:
+        node.save_labels("cells", _labels()["cells"], scale=(0.5, 0.5), units="um")
+    return Path(node.location.path)
+
+
 def _level0(layer) -> np.ndarray:
     return np.asarray(layer.data[0] if layer.multiscale else layer.data)
 
@@ -46,6 +59,16 @@ def _hashes(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file()
     }
+
+
+@contextlib.contextmanager
+def _refused_as_no_zarr_group() -> Iterator[None]:
+    """napari-ome-zarr refusing a folder that is no zarr group (a node), with its warning."""
+    with (
+        pytest.raises(ValueError, match="napari-ome-zarr"),
+        pytest.warns(UserWarning, match="Failed to open Zarr group"),
+    ):
+        yield
 
 
 def _ome(group: Path) -> dict:
@@ -116,11 +139,95 @@ def test_opening_with_other_readers_leaves_the_tree_byte_identical(make_napari_v
     viewer = make_napari_viewer()
     for path in paths:
         shown = viewer.open(str(path), plugin="napari-ome-zarr")
-        assert shown, path
+        assert "Labels" in [type(layer).__name__ for layer in shown], path
         assert list(Reader(parse_url(str(path)))()), path
         viewer.layers.clear()
+    with _refused_as_no_zarr_group():
+        viewer.open(str(labelled), plugin="napari-ome-zarr")
+    assert parse_url(str(labelled)) is None
     assert _hashes(root) == before
     assert not (root / "zarr.json").exists() and not (labelled / "zarr.json").exists()
+
+
+def test_standalone_labels_are_a_labels_group_in_a_group_of_their_own(standalone):
+    import zarr
+
+    group = standalone / "cells.ome.zarr"
+    assert zarr.open_group(str(group), mode="r").attrs.asdict() == {}  # no image of its own
+    assert _ome(group / "labels") == {"labels": ["cells"]}
+    attrs = _ome(group / "labels" / "cells")
+    assert "source" not in attrs["image-label"]  # no image to point back at
+    scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+    assert scale == {"type": "scale", "scale": [0.5, 0.5]}
+    assert sorted(p.name for p in standalone.iterdir()) == [".cachetree.json", "cells.ome.zarr"]
+    node = CacheTree(standalone.parent).node("segment")
+    np.testing.assert_array_equal(node.open_image("cells")[0], _labels()["cells"])
+
+
+def test_our_reader_shows_standalone_labels_visible(make_napari_viewer, standalone):
+    group = standalone / "cells.ome.zarr"
+    viewer = make_napari_viewer()
+    for path, name in [
+        (standalone, "segment:cells"),
+        (group, "segment:cells"),
+        (group / "labels" / "cells", "cells"),
+    ]:
+        layers = viewer.open(str(path), plugin="cachetree")
+        assert [(layer.name, type(layer).__name__, layer.visible) for layer in layers] == [
+            (name, "Labels", True)
+        ], path
+        np.testing.assert_array_equal(_level0(layers[0]), _labels()["cells"])
+        np.testing.assert_allclose(layers[0].scale, [0.5, 0.5])
+        assert [str(u) for u in layers[0].units] == ["micrometer"] * 2
+        viewer.layers.clear()
+
+
+def test_other_readers_find_standalone_labels_and_change_no_file(make_napari_viewer, standalone):
+    """napari-ome-zarr and ome-zarr-py show the labels from their ``labels`` group or the labels
+    image; the group holding them is no image, so there (and at the node) they show nothing.
+    Wherever they are pointed, they open no folder above the labels for writing."""
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Label, Reader
+
+    root = standalone.parent
+    before = _hashes(root)
+    group = standalone / "cells.ome.zarr"
+    viewer = make_napari_viewer()
+    for path in (group / "labels", group / "labels" / "cells"):
+        layers = viewer.open(str(path), plugin="napari-ome-zarr")
+        assert [type(layer).__name__ for layer in layers] == ["Labels"], path
+        np.testing.assert_array_equal(_level0(layers[0]), _labels()["cells"])
+        np.testing.assert_allclose(layers[0].scale, [0.5, 0.5])
+        viewer.layers.clear()
+        nodes = [node for node in Reader(parse_url(str(path)))() if node.load(Label)]
+        assert [node.metadata["name"] for node in nodes] == ["cells"], path
+        np.testing.assert_array_equal(np.asarray(nodes[0].data[0]), _labels()["cells"])
+    with _refused_as_no_zarr_group():
+        viewer.open(str(standalone), plugin="napari-ome-zarr")
+    with pytest.raises(ValueError, match="returned no data"):
+        viewer.open(str(group), plugin="napari-ome-zarr")
+    assert parse_url(str(standalone)) is None  # no zarr group: ome-zarr-py does not open it
+    assert list(Reader(parse_url(str(group)))()) == []
+    assert _hashes(root) == before
+    assert not (root / "zarr.json").exists() and not (standalone / "zarr.json").exists()
+
+
+def test_standalone_labels_of_the_earlier_layout_still_open(make_napari_viewer, tmp_path):
+    """Trees written before keep standalone labels as a labels image ``<name>.ome.zarr``."""
+    tree = CacheTree(tmp_path / "tree")
+    with tree.node("segment") as node:
+        write_image(node.item("cells.ome.zarr"), _labels()["cells"], labels=True, name="cells")
+    node = tree.node("segment")
+    assert node.manifest.items["cells.ome.zarr"]["kind"] == "labels"
+    np.testing.assert_array_equal(node.open_image("cells")[0], _labels()["cells"])
+    viewer = make_napari_viewer()
+    for path in (node.location.path, node.item("cells.ome.zarr").path):
+        layers = viewer.open(path, plugin="cachetree")
+        assert [(layer.name, type(layer).__name__, layer.visible) for layer in layers] == [
+            ("segment:cells", "Labels", True)
+        ]
+        np.testing.assert_array_equal(_level0(layers[0]), _labels()["cells"])
+        viewer.layers.clear()
 
 
 def test_images_of_two_resolutions_overlay_in_physical_units(make_napari_viewer, tmp_path):

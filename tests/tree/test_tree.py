@@ -266,6 +266,26 @@ def test_inventory_records_arrays(tree):
     assert raw["status"] == "committed" and raw["version"]
 
 
+@pytest.mark.parametrize("fmt", ["0.5", "0.4"])
+def test_inventory_records_standalone_labels_in_either_layout(tree, fmt):
+    from cachetree.images.ngff import write_image
+
+    labels = np.zeros((40, 48), np.uint16)
+    labels[4:9, 5:20] = 3
+    with tree.node("labels") as node:
+        info = node.save_labels("mask", labels, format=fmt)  # mask.ome.zarr/labels/mask
+        # the layout of earlier versions: the item itself is the labels image
+        write_image(node.item("earlier.ome.zarr"), labels, labels=True, format=fmt)
+    assert info.version == fmt and info.labels and info.name == "mask"
+    assert node.item_names() == ["earlier.ome.zarr", "mask.ome.zarr"]
+    for name in ("mask", "earlier"):
+        item = node.manifest.items[f"{name}.ome.zarr"]
+        summary = {key: item[key] for key in ("kind", "shape", "levels", "ngff")}
+        assert summary == {"kind": "labels", "shape": [40, 48], "levels": 1, "ngff": fmt}, name
+        assert "labels" not in item  # labels, not an image with labels under it
+        np.testing.assert_array_equal(node.open_image(name)[0], labels)
+
+
 def test_node_writer_is_flushed_before_commit(tree):
     big = np.arange(200_000, dtype=np.float64)  # above the writer's synchronous threshold
     with tree.node("async") as node:

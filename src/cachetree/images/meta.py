@@ -1,7 +1,8 @@
 """Zarr and OME-NGFF metadata read as small JSON files, without importing zarr.
 
 The cache tree's inventory and listings use these to tell images, labels and arrays apart
-cheaply; :mod:`cachetree.images.ngff` uses them for the labels under an image.
+cheaply; :mod:`cachetree.images.ngff` uses them for the labels under an image and for
+standalone labels (labels of no image: a zarr group holding only ``labels/<name>``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import os
 import posixpath
 from typing import Any
 
+from ..errors import InvalidNameError
 from ..fs.location import Location
 
-__all__ = ["LABELS_GROUP", "label_names", "ome_attrs", "zarr_attrs"]
+__all__ = ["LABELS_GROUP", "label_names", "ome_attrs", "standalone_labels", "zarr_attrs"]
 
 LABELS_GROUP = "labels"
 """Name of the group under an image that holds its label images (OME-NGFF)."""
@@ -59,7 +61,31 @@ def ome_attrs(attrs: dict[str, Any]) -> tuple[dict[str, Any], str]:
 
 
 def label_names(image: Location | str | os.PathLike[str]) -> list[str]:
-    """Names of the OME-NGFF labels stored under the image at ``image`` (reads one file)."""
-    _, attrs, _ = zarr_attrs(Location.from_url(image).raw_child(LABELS_GROUP))
+    """Names of the OME-NGFF labels stored under the image at ``image`` (reads one or two
+    small files)."""
+    group = Location.from_url(image).raw_child(LABELS_GROUP)
+    meta = _read_json(group, "zarr.json")
+    attrs = meta.get("attributes", {}) if meta is not None else _read_json(group, ".zattrs") or {}
     names = ome_attrs(attrs)[0].get("labels")
     return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def standalone_labels(group: Location | str | os.PathLike[str]) -> Location | None:
+    """The labels image of the standalone labels at ``group``, or None.
+
+    Labels saved without an image are a zarr group with no image of its own whose ``labels``
+    group lists one labels image, ``<group>/labels/<name>``: where OME-NGFF readers look
+    for labels, with a parent group for them to find. Reads a few small files (two when
+    there are no labels).
+    """
+    loc = Location.from_url(group)
+    names = label_names(loc)
+    if not names:
+        return None
+    node_type, attrs, _ = zarr_attrs(loc)
+    if node_type != "group" or "multiscales" in ome_attrs(attrs)[0]:
+        return None
+    try:
+        return loc.join(LABELS_GROUP, names[0])
+    except InvalidNameError:  # not a name cachetree writes: not cachetree's labels
+        return None

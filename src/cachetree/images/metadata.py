@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import DTypeMismatchError, InvalidDataError, NodeNotFoundError, ShapeMismatchError
 from ..fs.location import Location
-from .meta import ome_attrs
+from .meta import ome_attrs, standalone_labels
 
 __all__ = [
     "AXIS_ORDER",
@@ -45,7 +45,7 @@ __all__ = [
     "omero_metadata",
     "per_axis",
     "read_image",
-    "require_ome_attrs",
+    "require_image",
     "zarr_format_of",
 ]
 
@@ -184,17 +184,19 @@ class ImageInfo:
 def read_image(location: Location | str) -> ImageInfo:
     """The metadata of the OME-Zarr image at ``location`` (no pixel is read).
 
+    At standalone labels (see :func:`cachetree.images.ngff.write_standalone_labels`) it is
+    their labels image's.
+
     Raises
     ------
     NodeNotFoundError
         Nothing exists at ``location``.
     InvalidDataError
-        It exists but is not an OME-Zarr multiscale image.
+        It exists but is neither an OME-Zarr multiscale image nor standalone labels.
     """
     import zarr
 
-    loc = Location.from_url(location)
-    attrs, version = require_ome_attrs(loc)
+    loc, attrs, version = require_image(Location.from_url(location))
     multiscale = attrs["multiscales"][0]
     axes = tuple(a["name"] if isinstance(a, Mapping) else a for a in multiscale["axes"])
     units = tuple(a.get("unit") if isinstance(a, Mapping) else None for a in multiscale["axes"])
@@ -551,11 +553,16 @@ def find_ome_attrs(loc: Location) -> tuple[dict[str, Any], str] | None:
     return None
 
 
-def require_ome_attrs(loc: Location) -> tuple[dict[str, Any], str]:
-    """Like :func:`find_ome_attrs`, but raise when there is no OME-Zarr image at ``loc``."""
+def require_image(loc: Location) -> tuple[Location, dict[str, Any], str]:
+    """The multiscale image at ``loc`` with its OME attributes and version: ``loc`` itself,
+    or the labels image of standalone labels at ``loc``; raise when there is neither."""
     found = find_ome_attrs(loc)
     if found is not None:
-        return found
+        return loc, *found
+    labels = standalone_labels(loc)
+    found = None if labels is None else find_ome_attrs(labels)
+    if labels is not None and found is not None:
+        return labels, *found
     if not loc.exists():
         raise NodeNotFoundError(f"no OME-Zarr image at {loc.url}: nothing exists there")
     raise InvalidDataError(f"{loc.url} is not an OME-Zarr image (no 'multiscales' attributes)")

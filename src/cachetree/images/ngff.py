@@ -25,8 +25,8 @@ import numpy as np
 import zarr
 
 from ..errors import InvalidDataError, ShapeMismatchError
-from ..fs.location import Location, fsync_path, temp_name
-from .meta import LABELS_GROUP, ome_attrs
+from ..fs.location import Location, fsync_path, temp_name, validate_name
+from .meta import LABELS_GROUP, ome_attrs, standalone_labels
 from .meta import label_names as label_names
 from .metadata import (  # the metadata names stay importable from here
     AXIS_ORDER as AXIS_ORDER,
@@ -49,7 +49,7 @@ from .metadata import (
     group_attributes,
     per_axis,
     read_image,
-    require_ome_attrs,
+    require_image,
     zarr_format_of,
 )
 from .metadata import (
@@ -69,7 +69,7 @@ from .metadata import (
 )
 from .pyramid import ImageWriter
 
-__all__ = ["is_ome_zarr", "open_image", "write_image", "write_labels"]
+__all__ = ["is_ome_zarr", "open_image", "write_image", "write_labels", "write_standalone_labels"]
 """The calls defined here; the metadata names imported above (``ImageInfo``, ``read_image``,
 ``check_axes``, ...) are documented in :mod:`cachetree.images.metadata` and stay importable
 from this module."""
@@ -203,24 +203,27 @@ def write_image(
 def open_image(location: Location | str) -> list[da.Array]:
     """The pyramid at ``location`` as lazy dask arrays, full resolution first.
 
+    At standalone labels (see :func:`write_standalone_labels`) it is their labels image's.
+
     Raises
     ------
     NodeNotFoundError, InvalidDataError
         As :func:`~cachetree.images.metadata.read_image`.
     """
-    loc = Location.from_url(location)
-    attrs, _ = require_ome_attrs(loc)
+    loc, attrs, _ = require_image(Location.from_url(location))
     group = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
     return [da.from_zarr(group[ds["path"]]) for ds in attrs["multiscales"][0]["datasets"]]
 
 
 def is_ome_zarr(location: Location | str) -> bool:
-    """Whether ``location`` holds an OME-Zarr multiscale image; reads only the group attributes.
+    """Whether ``location`` holds an OME-Zarr multiscale image or standalone labels (what
+    :func:`open_image` opens); reads only group attributes.
 
     Never raises: anything unreadable is simply not an OME-Zarr.
     """
     try:
-        return find_ome_attrs(Location.from_url(location)) is not None
+        loc = Location.from_url(location)
+        return find_ome_attrs(loc) is not None or standalone_labels(loc) is not None
     except Exception:
         return False
 
@@ -265,25 +268,83 @@ def write_labels(
     ):
         by_axis = dict(zip(info.axes, values, strict=True))
         kwargs.setdefault(key, [by_axis[a] for a in label_axes])
-    if kwargs.setdefault("format", info.version) != info.version:
+    version = kwargs.pop("format", None) or info.version
+    if version != info.version:
         raise InvalidDataError(
-            f"labels of a {info.version} image must be {info.version} too, not {kwargs['format']}"
+            f"labels of a {info.version} image must be {info.version} too, not {version}"
         )
-    group_loc = image_loc.join(LABELS_GROUP)
+    return _add_labels(
+        image_loc, name, source, info.version, axes=label_axes, label_source="../../", **kwargs
+    )
+
+
+def write_standalone_labels(
+    location: Location | str,
+    data: Any,
+    *,
+    name: str | None = None,
+    format: NgffFormat | None = None,
+    **kwargs: Any,
+) -> ImageInfo:
+    """Write ``data`` as labels of no image: a zarr group at ``location`` holding only them.
+
+    OME-NGFF keeps labels under an image; labels without one are stored the same way under
+    a zarr group that has no image of its own: ``<location>/labels/<name>``, listed in the
+    ``labels`` group's attributes. Readers that look for an image two folders above a
+    labels image (napari-ome-zarr) then find an existing group there instead of creating one
+    in the folder holding ``location``. :func:`read_image` and :func:`open_image` at
+    ``location`` read the labels image. An existing ``location`` is replaced.
+
+    Parameters
+    ----------
+    location
+        The group to create (local path or fsspec URL).
+    data
+        Integer numpy or dask array, 2-D to 4-D (t, z, y, x).
+    name
+        Name of the labels (default: the last segment of ``location`` without ``.ome.zarr``).
+    format
+        ``"0.5"`` (default) or ``"0.4"``: the OME-NGFF version, and zarr v3 or v2 for the
+        group too.
+    kwargs
+        ``axes``, ``scale``, ``units``... as for :func:`write_image`.
+
+    Raises
+    ------
+    InvalidDataError, ShapeMismatchError, DTypeMismatchError
+        As :func:`write_image`; also for a ``name`` that is not a plain name.
+    """
+    loc = Location.from_url(location)
+    version = check_format(format)
+    name = validate_name(name or default_name(loc), what="labels name")
+    source = _as_dask(data)
+    target = Location(loc.fs, temp_name(loc.path)) if loc.is_local else loc
+    try:
+        target.remove()
+        zarr.open_group(target.zarr_store(), mode="w", zarr_format=zarr_format_of(version))
+        _add_labels(target, name, source, version, **kwargs)
+    except BaseException:
+        if loc.is_local:
+            target.remove()
+        raise
+    if loc.is_local:
+        _move_into_place(target, loc)
+    return read_image(loc)
+
+
+def _add_labels(
+    group: Location, name: str, data: da.Array, version: str, **kwargs: Any
+) -> ImageInfo:
+    """Write labels ``name`` at ``<group>/labels/<name>`` and list them in the ``labels`` group."""
+    labels_loc = group.join(LABELS_GROUP)
     written = write_image(
-        group_loc.join(name),
-        source,
-        axes=label_axes,
-        labels=True,
-        name=name,
-        label_source="../../",
-        **kwargs,
+        labels_loc.join(name), data, labels=True, name=name, format=version, **kwargs
     )
-    group = zarr.open_group(
-        group_loc.zarr_store(), mode="a", zarr_format=zarr_format_of(info.version)
+    labels_group = zarr.open_group(
+        labels_loc.zarr_store(), mode="a", zarr_format=zarr_format_of(version)
     )
-    names = [n for n in ome_attrs(group.attrs.asdict())[0].get("labels", []) if n != name]
-    group.attrs.update(group_attributes(info.version, {"labels": [*names, name]}))
+    names = [n for n in ome_attrs(labels_group.attrs.asdict())[0].get("labels", []) if n != name]
+    labels_group.attrs.update(group_attributes(version, {"labels": [*names, name]}))
     return written
 
 

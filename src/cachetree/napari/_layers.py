@@ -163,9 +163,12 @@ def _is_derived(info: ngff.ImageInfo) -> bool:
 def image_and_labels(location: Location, name: str, metadata: dict[str, Any]) -> list[LayerData]:
     """An OME-Zarr image followed by the labels stored under it (``labels/<name>``), visible.
 
-    The labels of image ``node:image`` are named ``node:image/<labels name>``.
+    The labels of image ``node:image`` are named ``node:image/<labels name>``. Labels (a
+    labels image, or standalone labels holding one) are one labels layer named ``name``.
     """
     layers = [ome_zarr_layer(location, name, metadata)]
+    if layers[0][2] == "labels":
+        return layers
     for labels in ngff.label_names(location):
         where = location.join(ngff.LABELS_GROUP, labels)
         layers.append(ome_zarr_layer(where, f"{name}/{labels}", metadata))

@@ -1,9 +1,9 @@
-"""napari reader: a cache root, a node, a canvas node or an OME-Zarr image as layers.
+"""napari reader: a cache root, a node, a canvas node, an OME-Zarr image or labels as layers.
 
-:func:`get_reader` is offered every folder napari opens, so it decides from at most two
-small metadata files (the node manifest, or the zarr group attributes) and returns None
-for anything else; it never raises. What a node opens as is decided by
-:func:`cachetree.napari._layers.open_node`.
+:func:`get_reader` is offered every folder napari opens, so it decides from a few small
+metadata files (the node manifest, or the zarr attributes of the folder and of its
+``labels`` group, for standalone labels) and returns None for anything else; it never
+raises. What a node opens as is decided by :func:`cachetree.napari._layers.open_node`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _target(path: Any) -> Location | None:
 def get_reader(path: str | Sequence[str]) -> ReaderFunction | None:
     """Return :func:`read_cachetree` when ``path`` is cachetree content, else None.
 
-    Quick for unrelated folders (one or two small file reads) and never raises.
+    Quick for unrelated folders (a few small file reads) and never raises.
     """
     try:
         target = _target(path)

@@ -6,7 +6,7 @@ import posixpath
 from typing import Any
 
 from ..fs.location import TMP_MARK, Location
-from ..images.meta import label_names, ome_attrs, zarr_attrs
+from ..images.meta import label_names, ome_attrs, standalone_labels, zarr_attrs
 from .layout import LOCK, MANIFEST, PARTS
 
 __all__ = [
@@ -32,7 +32,11 @@ _SUFFIX_KINDS = {
 
 
 def classify_dir(loc: Location) -> dict[str, Any]:
-    """Kind and array summary of a directory item (reads only small metadata files)."""
+    """Kind and array summary of a directory item (reads only small metadata files).
+
+    Standalone labels (a group holding only ``labels/<name>``) are a ``labels`` item
+    summarised by their labels image.
+    """
     node_type, attrs, array = zarr_attrs(loc)
     tagged = (
         attrs.get("cachetree", {}).get("kind") if isinstance(attrs.get("cachetree"), dict) else None
@@ -41,14 +45,7 @@ def classify_dir(loc: Location) -> dict[str, Any]:
         return {"kind": tagged}
     ome, version = ome_attrs(attrs)
     if "multiscales" in ome:
-        info: dict[str, Any] = {"kind": "labels" if "image-label" in ome else "image"}
-        multiscale = ome["multiscales"][0]
-        _, _, level0 = zarr_attrs(loc.raw_child(multiscale["datasets"][0]["path"]))
-        if level0:
-            dtype = level0.get("data_type", level0.get("dtype", ""))
-            info.update(shape=list(level0["shape"]), dtype=str(dtype))
-        info["levels"] = len(multiscale["datasets"])
-        info["ngff"] = version
+        info = _multiscale_info(loc, ome, version)
         labels = label_names(loc)
         if labels and info["kind"] == "image":
             info["labels"] = labels
@@ -57,8 +54,26 @@ def classify_dir(loc: Location) -> dict[str, Any]:
         dtype = array.get("data_type", array.get("dtype"))
         return {"kind": "array", "shape": list(array["shape"]), "dtype": str(dtype)}
     if node_type == "group":
+        labels_image = standalone_labels(loc)
+        if labels_image is not None:
+            inner, inner_version = ome_attrs(zarr_attrs(labels_image)[1])
+            if "multiscales" in inner:
+                return _multiscale_info(labels_image, inner, inner_version)
         return {"kind": "zarr"}
     return {"kind": "dir"}
+
+
+def _multiscale_info(loc: Location, ome: dict[str, Any], version: str) -> dict[str, Any]:
+    """Kind, level-0 shape and dtype, level count and version of a multiscale image."""
+    info: dict[str, Any] = {"kind": "labels" if "image-label" in ome else "image"}
+    multiscale = ome["multiscales"][0]
+    _, _, level0 = zarr_attrs(loc.raw_child(multiscale["datasets"][0]["path"]))
+    if level0:
+        dtype = level0.get("data_type", level0.get("dtype", ""))
+        info.update(shape=list(level0["shape"]), dtype=str(dtype))
+    info["levels"] = len(multiscale["datasets"])
+    info["ngff"] = version
+    return info
 
 
 def classify_file(name: str) -> dict[str, Any]:

@@ -155,16 +155,23 @@ class NodeItems:
         """Save an integer label image as an OME-Zarr labels pyramid.
 
         With ``image`` (an image item of this node, saved first) the labels are stored under
-        it, ``<image>.ome.zarr/labels/<name>``, where OME-Zarr viewers find them, in the
-        image's format and with its scale and units; otherwise as a labels item
-        ``name.ome.zarr`` of their own.
+        it, ``<image>.ome.zarr/labels/<name>``, in the image's format and with its scale and
+        units; otherwise as standalone labels ``<name>.ome.zarr/labels/<name>`` (a group with
+        no image of its own, see :func:`cachetree.images.ngff.write_standalone_labels`).
+        Either way OME-Zarr readers find them, and reading them leaves the tree unchanged.
+        Extra keyword arguments go to :func:`cachetree.images.ngff.write_image` (the format
+        of standalone labels defaults to :attr:`ngff_format`).
         """
-        if image is None:
-            return self.save_image(name, data, axes=axes, labels=True, **kwargs)
-        from ..images.ngff import write_labels
+        from ..images.ngff import write_labels, write_standalone_labels
 
         self._check_writable()
         validate_name(name, what="labels name")
+        if image is None:
+            target = self.item(_suffixed(name, ".ome.zarr"))
+            kwargs.setdefault("format", self.ngff_format)
+            labels_name = name.removesuffix(".ome.zarr")
+            with storage_errors(target):
+                return write_standalone_labels(target, data, axes=axes, name=labels_name, **kwargs)
         target = self.item(_suffixed(image, ".ome.zarr"))
         with storage_errors(target):
             return write_labels(target, name, data, axes=axes, **kwargs)
@@ -259,7 +266,8 @@ class NodeItems:
     def open_image(self, name: str, *, image: str | None = None) -> list[Any]:
         """The lazy (dask) pyramid of image or labels ``name``, full resolution first.
 
-        ``image`` names the image that labels ``name`` were saved under, if any.
+        ``image`` names the image that labels ``name`` were saved under, if any; standalone
+        labels are opened by their name alone (in either layout cachetree has written).
         """
         from ..images.ngff import LABELS_GROUP, open_image
 
