@@ -222,7 +222,7 @@ class _Run:
         self._done(record, node)
 
     def nuclei(self) -> None:
-        from .nuclei import BLOCKS_ITEM, label_blockwise, nucleus_mask
+        from .nuclei import BLOCKS_ITEM, NucleusMask, label_blockwise
 
         p = self.params
         with self.clock.stage("nuclei", _mpx(p)) as record:
@@ -230,14 +230,12 @@ class _Run:
             with self._node("nuclei", params, "model") as node:
                 if node.writing:
                     model = self.nodes["model"]
-                    chunks = (p.block, p.block)
-                    hematoxylin = model.open_image("stains")[0][0].rechunk(chunks)
                     foreground = model.open_image("foreground")[0]
                     if foreground.ndim == 3:  # (1, y, x) where one channel keeps its axis
                         foreground = foreground[0]
-                    foreground = foreground.rechunk(chunks)
-                    mask = nucleus_mask(hematoxylin, foreground, p.nuclei_threshold, p.sigma)
-                    labels, count = label_blockwise(mask, node)
+                    hematoxylin = model.open_image("stains")[0][0]
+                    mask = NucleusMask(hematoxylin, foreground, p.nuclei_threshold, p.sigma)
+                    labels, count = label_blockwise(mask, (p.size, p.size), p.block, node)
                     node.save_labels("nuclei", labels)
                     node.item(f"{BLOCKS_ITEM}.zarr").remove()
                     node.save_json("nuclei", {"count": count})
