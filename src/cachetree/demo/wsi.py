@@ -40,7 +40,7 @@ from .density import COMBINER, count_strip
 from .model import merge_model, tissue_boxes
 from .quick import Progress, _bar_class, density_figure
 from .slide import SyntheticSlide, rgb_to_stains
-from .stages import StageClock, stages_figure
+from .stages import StageClock, release_free_memory, stages_figure
 
 __all__ = ["WsiParams", "run_wsi"]
 
@@ -153,10 +153,11 @@ class _Run:
         return node
 
     def _done(self, record: Any, node: Node) -> None:
+        release_free_memory()  # what the stage freed does not weigh on the next ones
         record.status = node.open_mode.value if node.open_mode else "?"
         self.say(
             f"{record.name + ':':<9}{record.status:<9}{record.seconds:8.1f} s "
-            f"({record.cpu_seconds:.1f} s CPU)  peak RSS {self.clock.peak_rss / 2**20:6.0f} MiB"
+            f"({record.cpu_seconds:.1f} s CPU)  peak RSS {record.peak_rss / 2**20:6.0f} MiB"
         )
 
     def slide(self) -> None:
