@@ -16,6 +16,7 @@ from scipy import ndimage
 
 from cachetree import CacheTree
 from cachetree.cli import main
+from cachetree.demo.levels import Plane
 from cachetree.demo.model import tissue_boxes
 from cachetree.demo.nuclei import NucleusMask, label_blockwise, nucleus_mask
 from cachetree.demo.slide import SyntheticSlide
@@ -95,7 +96,7 @@ def test_nucleus_mask_of_a_region_equals_the_whole_slide_mask(wsi):
     model = tree.node("model")
     hematoxylin, foreground = model.open_image("stains")[0][0], model.open_image("foreground")[0]
     whole = nucleus_mask(np.asarray(hematoxylin), np.asarray(foreground), 0.5, 1.0)
-    read = NucleusMask(hematoxylin, foreground, 0.5, 1.0)
+    read = NucleusMask(Plane.of(model, "stains"), Plane.of(model, "foreground"), 0.5, 1.0)
     for y0, y1, x0, x1 in [(0, 700, 0, 900), (1500, 2100, 2000, 2600), (3000, 4096, 3333, 4096)]:
         np.testing.assert_array_equal(read(y0, y1, x0, x1), whole[y0:y1, x0:x1])
 

@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -71,14 +72,16 @@ def nucleus_mask(
 class NucleusMask:
     """:func:`nucleus_mask` of any region of the slide, read with a halo from the heads.
 
-    ``hematoxylin`` and ``foreground`` are the lazy ``(y, x)`` heads of the slide. A region
-    equals the same pixels of :func:`nucleus_mask` applied to the whole slide: the halo
-    covers the smoothing radius and the opening's, and at the slide's edge there is no halo,
-    so the filters see the edge just as they would on the whole slide.
+    ``hematoxylin`` and ``foreground`` are the ``(y, x)`` heads of the slide, anything
+    that slicing reads into numpy (a :class:`~cachetree.demo.levels.Plane` reads a region
+    in one zarr call; a dask array works too). A region equals the same pixels of
+    :func:`nucleus_mask` applied to the whole slide: the halo covers the smoothing radius
+    and the opening's, and at the slide's edge there is no halo, so the filters see the
+    edge just as they would on the whole slide.
     """
 
-    hematoxylin: da.Array
-    foreground: da.Array
+    hematoxylin: Any
+    foreground: Any
     threshold: float
     sigma: float
 
@@ -94,8 +97,8 @@ class NucleusMask:
         ya, yb = max(y0 - self.halo, 0), min(y1 + self.halo, height)
         xa, xb = max(x0 - self.halo, 0), min(x1 + self.halo, width)
         window = (slice(ya, yb), slice(xa, xb))
-        heads = da.compute(self.hematoxylin[window], self.foreground[window], scheduler="sync")
-        mask = nucleus_mask(*(np.asarray(head) for head in heads), self.threshold, self.sigma)
+        heads = [np.asarray(head[window]) for head in (self.hematoxylin, self.foreground)]
+        mask = nucleus_mask(*heads, self.threshold, self.sigma)
         return mask[y0 - ya : y1 - ya, x0 - xa : x1 - xa]
 
 

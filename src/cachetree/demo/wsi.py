@@ -37,6 +37,7 @@ from ..tree import CacheTree
 from ..tree.node import Node
 from ..tree.parts import list_parts
 from .density import COMBINER, count_strip
+from .levels import Plane, full_resolution
 from .model import merge_model, tissue_boxes
 from .quick import Progress, _bar_class, density_figure
 from .slide import SyntheticSlide, rgb_to_stains
@@ -205,7 +206,7 @@ class _Run:
                     factor = tissue.load_json("tissue")["factor"]
                     mask = np.asarray(tissue.open_image("tissue")[0].compute())
                     rows = tissue_boxes(mask, factor, p.size, p.patch, p.stride)
-                    slide = self.nodes["slide"].open_image("slide")[0]
+                    slide = full_resolution(self.nodes["slide"], "slide")
                     done = merge_model(
                         node,
                         slide,
@@ -231,10 +232,10 @@ class _Run:
             with self._node("nuclei", params, "model") as node:
                 if node.writing:
                     model = self.nodes["model"]
-                    foreground = model.open_image("foreground")[0]
-                    if foreground.ndim == 3:  # (1, y, x) where one channel keeps its axis
-                        foreground = foreground[0]
-                    hematoxylin = model.open_image("stains")[0][0]
+                    hematoxylin, foreground = (
+                        Plane.of(model, "stains"),
+                        Plane.of(model, "foreground"),
+                    )
                     mask = NucleusMask(hematoxylin, foreground, p.nuclei_threshold, p.sigma)
                     labels, count = label_blockwise(mask, (p.size, p.size), p.block, node)
                     node.save_labels("nuclei", labels)
