@@ -10,27 +10,21 @@ import sys
 import time
 from pathlib import Path
 
-import dask.array as da
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from cachetree import CacheTree
 from cachetree.cli import main
+from cachetree.demo.levels import Plane
 from cachetree.demo.model import tissue_boxes
-from cachetree.demo.nuclei import label_blockwise, nucleus_mask
+from cachetree.demo.nuclei import NucleusMask, label_blockwise, nucleus_mask
 from cachetree.demo.slide import SyntheticSlide
 from cachetree.demo.wsi import WsiParams, run_wsi
 from cachetree.tree.parts import list_parts
 
 WORKER = Path(__file__).parent / "workers" / "wsi_demo.py"
 STAGES = ["slide", "tissue", "model", "nuclei", "density"]
-
-
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two label images split the pixels the same way (ids may differ)."""
-    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
-    return len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
 
 
 @pytest.fixture(scope="module")
@@ -85,17 +79,26 @@ def test_patches_cover_only_tissue_so_the_grid_has_gaps(wsi):
     assert foreground.min() == 0 and foreground.max() == 255  # no patch there: fill value
 
 
-def test_nuclei_ids_are_consistent_across_blocks(wsi):
+def test_nuclei_ids_are_those_of_a_whole_slide_labelling(wsi):
     tree, _, _ = wsi
     model = tree.node("model")
-    hematoxylin = model.open_image("stains")[0][0].rechunk(2048)
-    foreground = model.open_image("foreground")[0].rechunk(2048)
-    mask = nucleus_mask(hematoxylin, foreground, 0.5, 1.0).compute()
+    hematoxylin = np.asarray(model.open_image("stains")[0][0])
+    foreground = np.asarray(model.open_image("foreground")[0])
+    mask = nucleus_mask(hematoxylin, foreground, 0.5, 1.0)  # the whole slide at once
     expected, count = ndimage.label(mask)
     labels = tree.node("nuclei").open_image("nuclei")[0].compute()
     assert tree.node("nuclei").load_json("nuclei")["count"] == count > 500
-    assert np.array_equal(np.unique(labels), np.arange(count + 1))
-    assert same_partition(labels, expected)
+    np.testing.assert_array_equal(labels, expected)
+
+
+def test_nucleus_mask_of_a_region_equals_the_whole_slide_mask(wsi):
+    tree, _, _ = wsi
+    model = tree.node("model")
+    hematoxylin, foreground = model.open_image("stains")[0][0], model.open_image("foreground")[0]
+    whole = nucleus_mask(np.asarray(hematoxylin), np.asarray(foreground), 0.5, 1.0)
+    read = NucleusMask(Plane.of(model, "stains"), Plane.of(model, "foreground"), 0.5, 1.0)
+    for y0, y1, x0, x1 in [(0, 700, 0, 900), (1500, 2100, 2000, 2600), (3000, 4096, 3333, 4096)]:
+        np.testing.assert_array_equal(read(y0, y1, x0, x1), whole[y0:y1, x0:x1])
 
 
 def test_density_counts_every_nucleus_once(wsi):
@@ -119,17 +122,26 @@ def test_report_has_timings_peak_memory_and_a_plot(wsi):
     assert report.load_bytes("stages.png")[:4] == b"\x89PNG"
 
 
-def test_blockwise_labels_equal_a_whole_image_labelling(tree):
+@pytest.mark.parametrize("block", [(64, 100), (300, 37), 1000])
+def test_blockwise_labels_equal_a_whole_image_labelling(tree, block):
     rng = np.random.default_rng(3)
     mask = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((300, 420)), 3) > 0.5)
     mask[:, 130] = True  # one component spanning every block row
+    mask[64:, 199:201] = True  # one touching a block face along its length
+    reads = []
+
+    def read(y0, y1, x0, x1):
+        reads.append((y0, y1, x0, x1))
+        return mask[y0:y1, x0:x1]
+
     with tree.node("labels") as node:
-        labels, count = label_blockwise(da.from_array(mask, chunks=(64, 100)), node)
+        labels, count = label_blockwise(read, mask.shape, block, node)
         labels = labels.compute()
     expected, expected_count = ndimage.label(mask)
     assert count == expected_count > 20
-    assert np.array_equal(np.unique(labels), np.arange(count + 1))
-    assert same_partition(labels, expected)
+    np.testing.assert_array_equal(labels, expected)
+    assert len(reads) == len(set(reads))  # every block is read once
+    assert sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1 in reads) == mask.size
 
 
 def test_cli_runs_the_whole_slide_demo(tmp_path, capsys):

@@ -10,6 +10,7 @@ import zarr
 
 from cachetree.fs.location import Location
 from cachetree.images.ngff import open_image, write_image
+from cachetree.images.policy import mean_2x2
 from cachetree.images.pyramid import ImageWriter
 
 
@@ -46,3 +47,19 @@ def test_every_writer_gives_the_same_pyramid(tmp_path, dtype, fmt):
         layout = meta.to_dict()
         codecs.append(json.dumps(layout.get("codecs", layout.get("compressor")), sort_keys=True))
     assert codecs[0] == codecs[1] and '"lz4"' in codecs[0]
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "uint16", "int16", "int32", "uint32"])
+def test_integer_means_round_half_to_even_like_the_float_mean(dtype):
+    info = np.iinfo(dtype)
+    near = [info.min, info.min + 1, info.min + 2, -1, 0, 1, 2, 3, info.max - 1, info.max]
+    values = np.array(sorted({v for v in near if info.min <= v}), dtype)
+    quads = np.stack(np.meshgrid(values, values, values, values), -1).reshape(-1, 4)
+    block = quads.reshape(-1, 2, 2).transpose(1, 0, 2).reshape(2, -1)  # 2x2 blocks side by side
+    block = np.concatenate([block, block[:1]])  # an odd row, averaged with itself
+    exact = np.rint(quads.astype(np.float64).mean(axis=1))
+    odd_row = np.rint(quads[:, :2].astype(np.float64).mean(axis=1))
+    means = mean_2x2(block)
+    assert means.dtype == np.dtype(dtype) and means.shape == (2, len(quads))
+    np.testing.assert_array_equal(means[0], exact.astype(dtype))
+    np.testing.assert_array_equal(means[1], odd_row.astype(dtype))

@@ -19,6 +19,7 @@ from ..results import add_part
 from ..results.combiners import PartView
 from ..tree.cdir import cdir_query
 from ..tree.keyed import Key
+from .levels import full_resolution
 
 __all__ = ["COMBINER", "combine_strips", "count_strip", "label_sums"]
 
@@ -69,12 +70,12 @@ def count_strip(
 
     Returns the name of the part written.
     """
-    labels = cdir_query(nuclei_url).node.open_image("nuclei")[0]
+    labels = full_resolution(cdir_query(nuclei_url).node, "nuclei")
     height, width = labels.shape
     y0, y1 = rows
     tables, edges = [], []
     for x0 in range(0, width, _COLUMNS):
-        block = np.asarray(labels[y0:y1, x0 : x0 + _COLUMNS].compute())
+        block = labels[y0:y1, x0 : x0 + _COLUMNS]
         tables.append(label_sums(block, y0, x0))
         edges += [block[0] if y0 > 0 else block[:0, 0], block[-1] if y1 < height else block[:0, 0]]
     sums = _merge_sums(tables)

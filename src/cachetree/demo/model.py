@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import dask.array as da
 import numpy as np
 
 from ..canvas import Canvas, HeadSpec
@@ -50,11 +49,11 @@ def tissue_boxes(
     return rows
 
 
-def _strip(slide: da.Array, boxes: np.ndarray, size: int) -> tuple[np.ndarray, int]:
+def _strip(slide: Any, boxes: np.ndarray, size: int) -> tuple[np.ndarray, int]:
     """The slide under one row of boxes as ``(h, w, 3)`` uint8 (255 past the edge), and x0."""
     x0, y0 = int(boxes[0, 0]), int(boxes[0, 1])
     x1, y1 = int(boxes[-1, 2]), int(boxes[0, 3])
-    pixels = np.asarray(slide[:, y0 : min(y1, size), x0 : min(x1, size)].compute())
+    pixels = np.asarray(slide[:, y0 : min(y1, size), x0 : min(x1, size)])
     pad = ((0, 0), (0, y1 - y0 - pixels.shape[1]), (0, x1 - x0 - pixels.shape[2]))
     return np.moveaxis(np.pad(pixels, pad, constant_values=255), 0, -1), x0
 
@@ -72,7 +71,7 @@ def _batches(rows: list[np.ndarray], batch: int) -> Iterator[tuple[int, np.ndarr
 
 def merge_model(
     node: Node,
-    slide: da.Array,
+    slide: Any,
     rows: list[np.ndarray],
     *,
     batch: int,
@@ -82,8 +81,9 @@ def merge_model(
 ) -> dict[str, Any]:
     """Run the model over the boxes of ``rows`` and merge it into ``node`` (open for writing).
 
-    Resumes from the canvas checkpoint in ``node`` when there is one. Returns figures for
-    the log: patches run, batches skipped on resume, bytes spilled.
+    ``slide`` is the ``(3, size, size)`` uint8 slide, a zarr array (or anything sliced
+    into numpy). Resumes from the canvas checkpoint in ``node`` when there is one. Returns
+    figures for the log: patches run, batches skipped on resume, bytes spilled.
     """
     size = int(slide.shape[-1])
     canvas = Canvas(
@@ -117,7 +117,7 @@ def merge_model(
     return {"patches": patches, "skipped_batches": skip, "spilled_bytes": spilled}
 
 
-def _predictor(slide: da.Array, rows: list[np.ndarray]) -> Callable[..., dict[str, np.ndarray]]:
+def _predictor(slide: Any, rows: list[np.ndarray]) -> Callable[..., dict[str, np.ndarray]]:
     """``predict(row, boxes)``: the model's uint8 outputs for a batch of patch row ``row``.
 
     The slide strip under the row is read once for all the row's batches (calls must come in

@@ -37,10 +37,11 @@ from ..tree import CacheTree
 from ..tree.node import Node
 from ..tree.parts import list_parts
 from .density import COMBINER, count_strip
+from .levels import Plane, full_resolution
 from .model import merge_model, tissue_boxes
 from .quick import Progress, _bar_class, density_figure
 from .slide import SyntheticSlide, rgb_to_stains
-from .stages import StageClock, stages_figure
+from .stages import StageClock, release_free_memory, stages_figure
 
 __all__ = ["WsiParams", "run_wsi"]
 
@@ -153,10 +154,11 @@ class _Run:
         return node
 
     def _done(self, record: Any, node: Node) -> None:
+        release_free_memory()  # what the stage freed does not weigh on the next ones
         record.status = node.open_mode.value if node.open_mode else "?"
         self.say(
             f"{record.name + ':':<9}{record.status:<9}{record.seconds:8.1f} s "
-            f"({record.cpu_seconds:.1f} s CPU)  peak RSS {self.clock.peak_rss / 2**20:6.0f} MiB"
+            f"({record.cpu_seconds:.1f} s CPU)  peak RSS {record.peak_rss / 2**20:6.0f} MiB"
         )
 
     def slide(self) -> None:
@@ -204,7 +206,7 @@ class _Run:
                     factor = tissue.load_json("tissue")["factor"]
                     mask = np.asarray(tissue.open_image("tissue")[0].compute())
                     rows = tissue_boxes(mask, factor, p.size, p.patch, p.stride)
-                    slide = self.nodes["slide"].open_image("slide")[0]
+                    slide = full_resolution(self.nodes["slide"], "slide")
                     done = merge_model(
                         node,
                         slide,
@@ -222,7 +224,7 @@ class _Run:
         self._done(record, node)
 
     def nuclei(self) -> None:
-        from .nuclei import BLOCKS_ITEM, label_blockwise, nucleus_mask
+        from .nuclei import BLOCKS_ITEM, NucleusMask, label_blockwise
 
         p = self.params
         with self.clock.stage("nuclei", _mpx(p)) as record:
@@ -230,14 +232,12 @@ class _Run:
             with self._node("nuclei", params, "model") as node:
                 if node.writing:
                     model = self.nodes["model"]
-                    chunks = (p.block, p.block)
-                    hematoxylin = model.open_image("stains")[0][0].rechunk(chunks)
-                    foreground = model.open_image("foreground")[0]
-                    if foreground.ndim == 3:  # (1, y, x) where one channel keeps its axis
-                        foreground = foreground[0]
-                    foreground = foreground.rechunk(chunks)
-                    mask = nucleus_mask(hematoxylin, foreground, p.nuclei_threshold, p.sigma)
-                    labels, count = label_blockwise(mask, node)
+                    hematoxylin, foreground = (
+                        Plane.of(model, "stains"),
+                        Plane.of(model, "foreground"),
+                    )
+                    mask = NucleusMask(hematoxylin, foreground, p.nuclei_threshold, p.sigma)
+                    labels, count = label_blockwise(mask, (p.size, p.size), p.block, node)
                     node.save_labels("nuclei", labels)
                     node.item(f"{BLOCKS_ITEM}.zarr").remove()
                     node.save_json("nuclei", {"count": count})

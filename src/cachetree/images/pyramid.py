@@ -328,15 +328,25 @@ class ImageWriter(ShardWriter):
                     bar.update(1)
 
     def _downsample_shard(self, level: int, below: zarr.Array, shard: tuple[int, ...]) -> None:
-        """Make shard ``shard`` of ``level`` from the region of the level below it covers."""
+        """Make shard ``shard`` of ``level`` from the region of the level below it covers.
+
+        The region below is read one chunk row at a time, so a shard twice the width of the
+        widest shards never needs more than a chunk row of it at once.
+        """
         region = self.levels[level].shard_region(shard)
         shape_below = self.levels[level - 1].shape
-        source = tuple(
-            slice(2 * r.start, min(2 * r.stop, n)) if axis >= len(region) - 2 else r
-            for axis, (r, n) in enumerate(zip(region, shape_below, strict=True))
-        )
-        block = policy.downsample_2x2(np.asarray(below[source]), labels=self.labels)
-        self.write_shard(level, shard, block)
+        step = max(1, self.levels[level - 1].chunks[-2] // 2)  # output rows per chunk row below
+        parts = []
+        for y in range(region[-2].start, region[-2].stop, step):
+            rows = slice(y, min(y + step, region[-2].stop))
+            source = tuple(
+                slice(2 * r.start, min(2 * r.stop, n)) if axis >= len(region) - 2 else r
+                for axis, (r, n) in enumerate(
+                    zip((*region[:-2], rows, region[-1]), shape_below, strict=True)
+                )
+            )
+            parts.append(policy.downsample_2x2(np.asarray(below[source]), labels=self.labels))
+        self.write_shard(level, shard, np.concatenate(parts, axis=-2))
 
     def finish(
         self,
