@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from ..images.metadata import require_ome_attrs
+from ..images.metadata import require_image
 from ..tree.node import Node
 
 __all__ = ["Plane", "full_resolution"]
@@ -23,8 +23,7 @@ __all__ = ["Plane", "full_resolution"]
 
 def full_resolution(node: Node, image: str) -> zarr.Array:
     """Level 0 of image (or labels) item ``image`` of ``node``, opened read-only."""
-    location = node.item(f"{image}.ome.zarr")
-    attrs, _ = require_ome_attrs(location)
+    location, attrs, _ = require_image(node.item(f"{image}.ome.zarr"))
     path = attrs["multiscales"][0]["datasets"][0]["path"]
     return zarr.open_array(location.raw_child(path).zarr_store(read_only=True), mode="r")
 
