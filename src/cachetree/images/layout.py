@@ -176,7 +176,7 @@ class LevelLayout:
         return out
 
     def decode_chunk(self, data: bytes) -> np.ndarray:
-        """A whole chunk (:attr:`chunks`, edge chunks padded) from its encoded bytes."""
+        """A whole chunk (shape ``chunks``, edge chunks padded) from its encoded bytes."""
         out = np.empty(self.chunks, self.dtype.newbyteorder("<"))
         self.codec.decode(data, out=out)
         return out

@@ -292,8 +292,9 @@ def write_standalone_labels(
     a zarr group that has no image of its own: ``<location>/labels/<name>``, listed in the
     ``labels`` group's attributes. Readers that look for an image two folders above a
     labels image (napari-ome-zarr) then find an existing group there instead of creating one
-    in the folder holding ``location``. :func:`read_image` and :func:`open_image` at
-    ``location`` read the labels image. An existing ``location`` is replaced.
+    in the folder holding ``location``. :func:`~cachetree.images.metadata.read_image` and
+    :func:`open_image` at ``location`` read the labels image. An existing ``location`` is
+    replaced.
 
     Parameters
     ----------
