@@ -66,7 +66,7 @@ from .kinds import (
     STAGING_KIND,
     TASK_KIND,
 )
-from .rows import normalise_block
+from .normalise import normalise_block
 from .spec import CanvasSpec, HeadSpec, NanPolicy, Order, parse_memory_budget, weight_window
 from .worker import WorkerCanvas
 

@@ -11,10 +11,12 @@ import numpy as np
 from ..errors import FinalizedError, InvalidDataError
 from ..fs.location import Location, fsync_path, storage_errors
 from ..fs.pool import BoundedPool
+from ..tree.parts import remove_part
 from .batch import Batch, prepare_batch
+from .normalise import normalise_tile
 from .preview import PreviewAccumulator, preview_factor
 from .spec import CanvasSpec, HeadSpec, parse_memory_budget, weight_window
-from .spill import SpillStore
+from .spill import SpillStore, add_spilled_tile
 from .tiles import TileBuffers, TileKey, TileStore
 
 __all__ = ["CanvasBase"]
@@ -59,6 +61,10 @@ class CanvasBase:
         self._closed = False
         self._windows: dict[tuple[int, int], np.ndarray | None] = {}
         self._scratch: dict[str, np.ndarray] = {}
+        self._streams = spec.order == "row-major"
+        """Whether patches come top to bottom, so rows above a batch are complete."""
+        self._region: tuple[int, int, int, int] | None = None
+        """``(x0, y0, x1, y1)``: the canvas pixels this canvas accumulates (None: all)."""
 
     # -- public state -------------------------------------------------------------------
     @property
@@ -159,7 +165,7 @@ class CanvasBase:
 
     def _ingest(self, batch: Batch) -> None:
         with storage_errors(self._loc):
-            if self.spec.order == "row-major" and len(batch.clipped):
+            if self._streams and len(batch.clipped):
                 frontier = int(batch.clipped[:, 1].min())
                 if frontier > self._frontier:
                     self._frontier = frontier
@@ -240,6 +246,11 @@ class CanvasBase:
         for i in range(n):
             bx0, by0 = int(batch.boxes[i, 0]), int(batch.boxes[i, 1])
             cx0, cy0, cx1, cy1 = (int(v) for v in batch.clipped[i])
+            if self._region is not None:
+                rx0, ry0, rx1, ry1 = self._region
+                cx0, cy0, cx1, cy1 = max(cx0, rx0), max(cy0, ry0), min(cx1, rx1), min(cy1, ry1)
+                if cx0 >= cx1 or cy0 >= cy1:
+                    continue
             win, contrib = self._contributions(batch, i, window)
             ty0, ty1 = cy0 // T, (cy1 - 1) // T
             tx0, tx1 = cx0 // T, (cx1 - 1) // T
@@ -307,6 +318,40 @@ class CanvasBase:
         """Add a tile's accumulators, leaving memory, to the preview."""
         if buf.dirty is not None:
             self._preview.add_tile(*key, buf.weight, buf.sums, buf.dirty)
+
+    def _final_tile(
+        self, key: TileKey, protect: set[TileKey], *, preview: bool
+    ) -> dict[str, np.ndarray] | None:
+        """Take a tile out of the canvas, its resident and spilled contributions summed and
+        normalised (per head ``(C, h, w)`` of the head's dtype); None when nothing touched it.
+
+        With ``preview``, its resident contributions go to the preview first (the spilled
+        ones went there when they were spilled). Spill parts read to the end are removed.
+        """
+        buf = self._store.resident.pop(key, None)
+        refs = self._spills.refs.pop(key, [])
+        if buf is not None and preview:
+            self._to_preview(key, buf)
+        if buf is None and not refs:
+            return None
+        if buf is None:
+            buf = self._take_buffers(protect)
+        for ref in refs:
+            part = self._spills.part(ref.part)
+            box = add_spilled_tile(part, ref, key, self.spec.tile, buf.weight, buf.sums)
+            buf.mark(*box)
+        outputs = normalise_tile(self.spec, buf, *key)
+        self._store.release(buf)
+        for ref in refs:
+            used_up = self._spills.consume(ref)
+            if used_up is not None:
+                self._drop_part(used_up)
+        return outputs
+
+    def _drop_part(self, name: str) -> None:
+        info = self._spills.forget(name)
+        if info is not None:
+            self._pool.submit(remove_part, info)
 
     def _take_seq(self) -> int:
         seq = self._next_seq

@@ -18,7 +18,6 @@ from ..tree.node import Node
 from ..tree.parts import (
     PartInfo,
     parts_location,
-    remove_part,
     remove_parts,
 )
 from .kinds import SPILL_KIND, STAGING
@@ -26,7 +25,6 @@ from .preview import write_preview
 from .resuming import ResumableCanvas
 from .rows import RowWriter
 from .spec import CanvasSpec, HeadSpec, NanPolicy, Order
-from .spill import add_spilled_tile
 from .tiles import TileKey
 from .worker import WorkerCanvas
 
@@ -314,31 +312,11 @@ class Canvas(ResumableCanvas):
 
     def _finalize_tile(self, key: TileKey, protect: set[TileKey]) -> list[Any]:
         """Sum a tile's resident and spilled contributions, normalise it and write it."""
-        buf = self._store.resident.pop(key, None)
-        refs = self._spills.refs.pop(key, [])
-        if buf is not None and self._final_level < 0:
-            self._to_preview(key, buf)  # before the spilled contributions, counted already
-        if buf is None and not refs:
+        outputs = self._final_tile(key, protect, preview=self._final_level < 0)
+        if outputs is None:
             self._rows.empty_tile(*key)
             return []
-        if buf is None:
-            buf = self._take_buffers(protect)
-        for ref in refs:
-            part = self._spills.part(ref.part)
-            box = add_spilled_tile(part, ref, key, self.spec.tile, buf.weight, buf.sums)
-            buf.mark(*box)
-        outputs = self._rows.normalise(buf, *key)
-        self._store.release(buf)
-        for ref in refs:
-            used_up = self._spills.consume(ref)
-            if used_up is not None:
-                self._drop_part(used_up)
         return self._rows.write_tile(*key, outputs)
-
-    def _drop_part(self, name: str) -> None:
-        info = self._spills.forget(name)
-        if info is not None:
-            self._pool.submit(remove_part, info)
 
     def _collect(self, *, wait: bool = False) -> None:
         """Collect finished spills and advance the durable-row mark."""

@@ -30,7 +30,7 @@ import numpy as np
 from ..fs.location import Location
 from ..images.pyramid import ImageWriter
 from .blocks import block_sum as _block_sum
-from .rows import normalise_block
+from .normalise import normalise_block
 from .spec import CanvasSpec
 
 __all__ = [

@@ -8,7 +8,6 @@ import math
 import os
 import shutil
 import threading
-from typing import Any
 
 import numpy as np
 
@@ -20,54 +19,8 @@ from ..tree.node import Node
 from .blocks import block_mean
 from .kinds import PROGRESS
 from .spec import CanvasSpec
-from .tiles import TileBuffers
 
-__all__ = ["RowWriter", "normalise_block"]
-
-
-def normalise_block(
-    sums: np.ndarray, weight: np.ndarray, dtype: Any, fill_value: float
-) -> np.ndarray:
-    """Weighted average of accumulated sums.
-
-    Parameters
-    ----------
-    sums
-        ``(h, w, C)`` weighted value sums.
-    weight
-        ``(h, w)`` weight sums.
-    dtype
-        Output dtype; integers are rounded and clipped to their range.
-    fill_value
-        Output where the weight is zero.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(C, h, w)`` of ``dtype``.
-    """
-    dtype = np.dtype(dtype)
-    h, w, channels = sums.shape
-    out = np.empty((channels, h, w), dtype)
-    empty = weight <= 0
-    any_empty = bool(empty.any())
-    direct = dtype == sums.dtype
-    tmp = None if direct else np.empty((h, w), sums.dtype)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for c in range(channels):
-            target = out[c] if direct else tmp
-            np.divide(sums[..., c], weight, out=target)
-            if not direct:
-                if any_empty:
-                    target[empty] = 0
-                if dtype.kind in "iu":
-                    info = np.iinfo(dtype)
-                    np.rint(target, out=target)
-                    np.clip(target, info.min, info.max, out=target)
-                out[c] = target
-            if any_empty:
-                out[c][empty] = fill_value
-    return out
+__all__ = ["RowWriter", "finish_head", "publish_image"]
 
 
 class RowWriter:
@@ -133,16 +86,6 @@ class RowWriter:
         )
 
     # -- rows -----------------------------------------------------------------------------
-    def normalise(self, buf: TileBuffers, ty: int, tx: int) -> dict[str, np.ndarray]:
-        """``sum / weight`` per head as ``(C, th, tw)`` in the head dtype; fill where weight 0."""
-        spec, tile = self._spec, self._spec.tile
-        th, tw = min(tile, spec.shape[0] - ty * tile), min(tile, spec.shape[1] - tx * tile)
-        weight = buf.weight[:th, :tw]
-        return {
-            name: normalise_block(buf.sums[name][:th, :tw], weight, head.dtype, spec.fill_value)
-            for name, head in spec.heads.items()
-        }
-
     def write_tile(
         self, ty: int, tx: int, outputs: dict[str, np.ndarray]
     ) -> list[concurrent.futures.Future[None]]:
@@ -280,26 +223,38 @@ class RowWriter:
                 image.build_levels(workers=workers, progress=progress)
             with self._lock:
                 low, high = self._low[name], self._high[name]
-            image.finish(
-                low=low if len(low) > 1 else low[0],
-                high=high if len(high) > 1 else high[0],
-                name=name,
-                channel_names=self._spec.channel_names.get(name) if len(low) > 1 else None,
-                scale=self._spec.scale,
-                units=self._spec.units,
-            )
+            finish_head(image, self._spec, name, low, high)
         for name, image in self._images.items():
-            target = node.item(f"{name}.ome.zarr")
-            _publish(image.location, target)
-            infos[name] = read_image(target)
+            infos[name] = publish_image(image.location, node.item(f"{name}.ome.zarr"))
         return infos
 
 
-def _publish(source: Location, target: Location) -> None:
-    """Put the finished image at ``target``, keeping ``source`` until the node is committed.
+def finish_head(
+    image: ImageWriter, spec: CanvasSpec, name: str, low: np.ndarray, high: np.ndarray
+) -> None:
+    """Write the OME-NGFF metadata of head ``name``'s image: its value range per channel
+    (``low``, ``high``: NaN where no finite value), channel names and physical scale."""
+    image.finish(
+        low=low if len(low) > 1 else low[0],
+        high=high if len(high) > 1 else high[0],
+        name=name,
+        channel_names=spec.channel_names.get(name) if len(low) > 1 else None,
+        scale=spec.scale,
+        units=spec.units,
+    )
+
+
+def publish_image(source: Location, target: Location) -> ImageInfo:
+    """Put the finished image at ``target`` and return its metadata, keeping ``source``
+    until the node is committed.
 
     Locally the files are hard-linked (no data is copied); elsewhere they are copied.
     """
+    _copy_image(source, target)
+    return read_image(target)
+
+
+def _copy_image(source: Location, target: Location) -> None:
     target.remove()
     if source.is_local and target.is_local:
         try:

@@ -40,8 +40,8 @@ from .kinds import (
     STAGING_KIND,
     TASK_KIND,
 )
+from .normalise import normalise_block
 from .preview import read_preview_pointer
-from .rows import normalise_block
 from .spec import HeadSpec
 from .spill import SpillRef, add_spilled_tile
 

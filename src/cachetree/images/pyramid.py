@@ -327,6 +327,13 @@ class ImageWriter(ShardWriter):
                     future.result()
                     bar.update(1)
 
+    def downsample_shards(self, level: int, shards: Sequence[Sequence[int]]) -> None:
+        """Make the given shards of ``level`` (>= 1) from the level below, which must be
+        complete (e.g. one shard row per task when the levels are built on a cluster)."""
+        below = self._array(level - 1)
+        for shard in shards:
+            self._downsample_shard(level, below, tuple(int(i) for i in shard))
+
     def _downsample_shard(self, level: int, below: zarr.Array, shard: tuple[int, ...]) -> None:
         """Make shard ``shard`` of ``level`` from the region of the level below it covers.
 

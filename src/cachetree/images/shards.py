@@ -199,13 +199,14 @@ class ShardWriter:
         """Whether a shard may be stored already (so a new chunk must join its others)."""
         return self.levels[key[0]].sharded and (self._existing or key in self._stored)
 
-    def _new_shard(self, key: ShardKey) -> ShardFile:
-        """An empty shard file, holding the chunks already stored when there may be some."""
+    def _new_shard(self, key: ShardKey, *, join: bool = True) -> ShardFile:
+        """An empty shard file; with ``join``, holding the chunks already stored when there
+        may be some."""
         level, shard = key
         layout = self.levels[level]
         path = self._path(layout, shard)
         entry = ShardFile(layout, temp_name(path) if self.location.is_local else None)
-        raw = self._get(path) if self._may_exist(key) else None
+        raw = self._get(path) if join and self._may_exist(key) else None
         if raw is not None:
             for local, data in layout.unpack(raw).items():
                 entry.add(local, data)
@@ -229,8 +230,7 @@ class ShardWriter:
             stale = self._pending.pop(key, None)
         if stale is not None:
             stale.discard()
-        self._stored.discard(key)  # replaced whole: nothing stored joins it
-        entry = self._new_shard(key)
+        entry = self._new_shard(key, join=False)  # replaced whole: nothing stored joins it
         try:
             for local in np.ndindex(*per):
                 chunk = tuple(s * p + i for s, p, i in zip(shard, per, local, strict=True))

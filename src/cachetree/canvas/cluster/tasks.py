@@ -22,6 +22,7 @@ __all__ = [
     "Task",
     "TaskResult",
     "as_tasks",
+    "band_tasks",
     "grid_tasks",
     "marker_name",
 ]
@@ -52,11 +53,16 @@ class Task:
         ``(n, 4)`` integer boxes ``[x0, y0, x1, y1]`` in canvas pixels.
     params
         JSON-compatible extras for the model (e.g. the slide region to read).
+    region
+        ``(x0, y0, x1, y1)``: the canvas pixels the task's patches count in (e.g. its band,
+        see :func:`band_tasks`); their parts outside it are left to the tasks whose region
+        holds them. None: everywhere.
     """
 
     id: str
     boxes: Any
     params: Mapping[str, Any] = field(default_factory=dict)
+    region: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.id, str) or not _TASK_ID.fullmatch(self.id):
@@ -77,16 +83,91 @@ class Task:
         object.__setattr__(self, "boxes", boxes)
         if not isinstance(self.params, Mapping):
             raise InvalidDataError(f"task {self.id!r}: params must be a mapping")
+        if self.region is not None:
+            region = tuple(int(v) for v in self.region)
+            if len(region) != 4 or region[0] >= region[2] or region[1] >= region[3]:
+                raise InvalidDataError(
+                    f"task {self.id!r}: region must be (x0, y0, x1, y1) with x0 < x1 and "
+                    f"y0 < y1, got {self.region!r}"
+                )
+            object.__setattr__(self, "region", region)
 
     @property
     def digest(self) -> str:
         """Fingerprint of the boxes and params: a marker of other content does not count."""
         h = hashlib.sha1(np.ascontiguousarray(self.boxes).tobytes())
         h.update(json.dumps(to_jsonable(dict(self.params)), sort_keys=True).encode())
+        if self.region is not None:
+            h.update(json.dumps(list(self.region)).encode())
         return h.hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+
+def _origins(size: int, patch: int, stride: int) -> list[int]:
+    """Patch origins ``0, stride, ...`` up to the first patch reaching ``size``."""
+    out = [0]
+    while out[-1] + patch < size:
+        out.append(out[-1] + stride)
+    return out
+
+
+def _patch_geometry(
+    shape: tuple[int, int], patch: int | tuple[int, int], stride: int | tuple[int, int]
+) -> tuple[int, int, int, int, int, int]:
+    (H, W) = (int(v) for v in shape)
+    ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
+    sy, sx = (stride, stride) if isinstance(stride, int) else (int(stride[0]), int(stride[1]))
+    if min(H, W, ph, pw, sy, sx) < 1:
+        raise InvalidDataError("shape, patch and stride must be positive")
+    return H, W, ph, pw, sy, sx
+
+
+def band_tasks(
+    shape: tuple[int, int],
+    patch: int | tuple[int, int],
+    stride: int | tuple[int, int],
+    *,
+    band: int = 4096,
+    tile: int = 512,
+    prefix: str = "band",
+) -> list[Task]:
+    """Sliding-window patches over a canvas, one task per horizontal band of ``band`` rows.
+
+    The patches are those of :func:`grid_tasks`. A band's task holds every patch that
+    reaches into the band and counts them only inside it (its :attr:`Task.region`), so no
+    output tile is shared between tasks: each task writes its band of the final image
+    itself and nothing has to be summed afterwards. The patch rows that cross a band edge
+    are computed by both tasks (one patch row per edge).
+
+    Parameters
+    ----------
+    band
+        Rows per band, a multiple of ``tile`` (the canvas' tile edge), so bands meet at
+        output chunk edges.
+    tile
+        The canvas' tile edge.
+
+    Returns
+    -------
+    list[Task]
+        Top to bottom; ids ``<prefix>-<first row>`` (zero-padded).
+    """
+    H, W, ph, pw, sy, sx = _patch_geometry(shape, patch, stride)
+    if tile < 1 or band < tile or band % tile:
+        raise InvalidDataError(
+            f"band ({band}) must be a positive multiple of the tile edge ({tile})"
+        )
+    ys, xs = np.array(_origins(H, ph, sy)), _origins(W, pw, sx)
+    digits = len(str(H))
+    tasks = []
+    for top in range(0, H, band):
+        bottom = min(top + band, H)
+        rows = ys[(ys < bottom) & (ys + ph > top)]
+        boxes = np.array([[x, y, x + pw, y + ph] for y in rows for x in xs], np.int64)
+        tasks.append(Task(f"{prefix}-{top:0{digits}d}", boxes, region=(0, top, W, bottom)))
+    return tasks
 
 
 def grid_tasks(
@@ -109,19 +190,10 @@ def grid_tasks(
     list[Task]
         Top to bottom.
     """
-    (H, W) = (int(v) for v in shape)
-    ph, pw = (patch, patch) if isinstance(patch, int) else (int(patch[0]), int(patch[1]))
-    sy, sx = (stride, stride) if isinstance(stride, int) else (int(stride[0]), int(stride[1]))
-    if min(H, W, ph, pw, sy, sx, rows_per_task) < 1:
-        raise InvalidDataError("shape, patch, stride and rows_per_task must be positive")
-
-    def origins(size: int, p: int, s: int) -> list[int]:
-        out = [0]
-        while out[-1] + p < size:
-            out.append(out[-1] + s)
-        return out
-
-    ys, xs = origins(H, ph, sy), origins(W, pw, sx)
+    H, W, ph, pw, sy, sx = _patch_geometry(shape, patch, stride)
+    if rows_per_task < 1:
+        raise InvalidDataError("rows_per_task must be positive")
+    ys, xs = _origins(H, ph, sy), _origins(W, pw, sx)
     digits = len(str(len(ys)))
     tasks = []
     for i in range(0, len(ys), rows_per_task):
@@ -169,6 +241,8 @@ class TaskResult:
     preview: tuple[tuple[int, int], dict[str, np.ndarray]] | None = None
     """The task's preview block sums: first cell and arrays (see
     :meth:`~cachetree.canvas.WorkerCanvas.preview_reached`); None for a skipped task."""
+    shards: int = 0
+    """Level-0 shards the task wrote straight into the output images."""
 
 
 def marker_name(task_id: str) -> str:
