@@ -28,12 +28,14 @@ from cachetree import CacheTree, OpenMode, Status
 from cachetree.canvas import SPILL_KIND, Canvas, CanvasSpec, WorkerCanvas
 from cachetree.canvas.cluster import (
     IncompleteRunError,
+    band_tasks,
     finalize_canvas,
     grid_tasks,
     is_distributed_canvas,
     merge_distributed,
     task_status,
 )
+from cachetree.canvas.cluster.ownership import SEAM, segment_owners
 from cachetree.canvas.preview import PreviewAccumulator
 from cachetree.canvas.view import open_canvas_pyramid
 from cachetree.cli import main as cli_main
@@ -201,6 +203,54 @@ def test_cluster_merge_equals_single_process(client, expected, storage, tmp_path
     assert ".cachetree-parts" not in node.location.ls()
     canvas_json = node.load_json("canvas")
     assert canvas_json["shape"] == list(SHAPE) and set(canvas_json["images"]) == set(models.HEADS)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_band_tasks_write_the_output_themselves(client, expected, where, tmp_path, request):
+    """Band tasks own their bands: no seam parts, finalising sums nothing and builds the
+    pyramids on the cluster; a task failing after writing some of its band is retried."""
+    root = str(tmp_path / "tree") if where == "local" else request.getfixturevalue("s3_root")
+    spec, budget = BUDGETS[where]
+    tasks = band_tasks(SHAPE, PATCH, STRIDE, band=128, tile=spec.tile)
+    assert [t.region for t in tasks] == [(0, 0, 420, 128), (0, 128, 420, 256), (0, 256, 420, 300)]
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    model = functools.partial(models.flaky_model, flags=str(flags), fail=(tasks[1].id,))
+    with (
+        CacheTree(root).node("merge", params=PARAMS) as node,
+        distributed.get_task_stream(client) as stream,
+    ):
+        report = merge_distributed(
+            node,
+            tasks,
+            model,
+            spec,
+            client=client,
+            batch_size=4,
+            worker_memory_budget=budget,
+            retries=1,
+            progress=False,
+        )
+    assert sorted(os.listdir(flags)) == [tasks[1].id]  # it failed once, after some rows
+    assert (report.computed, report.spill_parts) == (3, 0)  # what the budget spilled came back
+    rows = -(-SHAPE[0] // spec.tile)
+    assert report.shards == rows * sum(models.HEADS.values())  # a shard per row and channel
+    assert node.status is Status.COMMITTED
+    assert_matches(node.location, expected)
+    built = [task["key"] for task in stream.data if "_downsample_row" in str(task["key"])]
+    assert len(built) >= len(models.HEADS)  # the coarse levels were built by the workers
+
+
+def test_a_plan_mixes_owned_segments_and_seams(client, expected, tmp_path):
+    """Tasks of several patch rows own the tile rows only they reach; the rows two tasks
+    reach are seams, summed from parts at the end: the result is the same."""
+    tasks = grid_tasks(SHAPE, PATCH, STRIDE, rows_per_task=4)
+    with CacheTree(tmp_path / "tree").node("merge", params=PARAMS) as node:
+        report = merge_distributed(node, tasks, models.model, SPEC, client=client, progress=False)
+        owners = segment_owners(tasks, SHAPE, SPEC.tile, 1)
+    assert (owners >= 0).any() and (owners == SEAM).any()
+    assert report.shards > 0 and report.spill_parts > 0
+    assert_matches(node.location, expected)
 
 
 def test_killed_worker_does_not_corrupt_the_node(client, expected, s3_root):

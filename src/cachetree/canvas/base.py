@@ -353,6 +353,12 @@ class CanvasBase:
         if info is not None:
             self._pool.submit(remove_part, info)
 
+    def preview_reached(self) -> tuple[tuple[int, int], dict[str, np.ndarray]]:
+        """The preview block sums of every tile that left memory, over the cells some
+        patch reached: ``(first cell row, column)`` and the arrays ``weight`` and
+        ``sum/<head>`` (see :meth:`~cachetree.canvas.preview.PreviewAccumulator.reached`)."""
+        return self._preview.reached()
+
     def _take_seq(self) -> int:
         seq = self._next_seq
         self._next_seq += 1

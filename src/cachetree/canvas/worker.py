@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-import numpy as np
-
 from ..errors import InvalidDataError
 from ..fs.location import validate_name
 from ..tree.node import NodeLike, location_of
@@ -101,12 +99,6 @@ class WorkerCanvas(CanvasBase):
         return list(self._spills.parts)
 
     _finish = flush_parts
-
-    def preview_reached(self) -> tuple[tuple[int, int], dict[str, np.ndarray]]:
-        """The preview block sums of everything this canvas spilled, over the cells some
-        patch reached: ``(first cell row, column)`` and the arrays ``weight`` and
-        ``sum/<head>`` (see :meth:`~cachetree.canvas.preview.PreviewAccumulator.reached`)."""
-        return self._preview.reached()
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> NoReturn:
         """Not available: a worker canvas ends with :meth:`flush_parts`."""

@@ -52,7 +52,7 @@ from .merge import MergeReport, merge_distributed
 from .plan import PLAN_PART
 from .run import run_task
 from .status import RunStatus, is_distributed_canvas, run_status, task_status
-from .tasks import Task, TaskResult, grid_tasks
+from .tasks import Task, TaskResult, band_tasks, grid_tasks
 
 __all__ = [
     "PLAN_PART",
@@ -61,6 +61,7 @@ __all__ = [
     "RunStatus",
     "Task",
     "TaskResult",
+    "band_tasks",
     "finalize_canvas",
     "grid_tasks",
     "is_distributed_canvas",

@@ -1,18 +1,27 @@
-"""Finalising a cluster merge: the spill parts the task markers list are summed into the
-canvas's images, the node is committed and the run's parts are removed."""
+"""Finalising a cluster merge: the seams the task markers list are summed into the output
+images, their pyramids built, the images published, the node committed and the run's
+parts removed."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from ...errors import CacheTreeError, FinalizedError
 from ...fs.location import TMP_MARK
 from ...images.ngff import ImageInfo
+from ...tree.layout import CANVAS_JSON
 from ...tree.node import Node, NodeLike, as_node
 from ...tree.parts import parts_location
-from ..core import Canvas
-from ..kinds import SPILL_KIND
+from ..kinds import SPILL_KIND, STAGING
+from .output import OutputImages, ValueRanges
+from .ownership import EMPTY
 from .plan import discard_run, require_plan, run_parts, spec_from_plan
+from .seams import write_seams
 from .status import done_markers
 
 __all__ = ["IncompleteRunError", "finalize_canvas"]
@@ -29,18 +38,21 @@ def finalize_canvas(
     *,
     partial: bool = False,
     commit: bool = True,
-    memory_budget: int | str | None = None,
     workers: int = 2,
     progress: bool = False,
+    client: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> dict[str, ImageInfo]:
-    """Merge the tasks' spill parts into the final images, commit and remove the parts.
+    """Complete the output images from the seams, commit, and remove the run's parts.
 
-    The plan written by :func:`~cachetree.canvas.cluster.merge_distributed` gives the canvas
-    and the tasks; each task's marker names the spill parts of its successful attempt, and
-    only those are summed (in plan order), so parts of killed or failed attempts never
-    count. Every head is written as ``<head>.ome.zarr`` with a pyramid, plus
-    ``canvas.json``; then the node is committed and every part of the run is removed (also
-    those of failed attempts). Killed before the commit, it can simply be run again.
+    The tasks wrote the level-0 segments they own into the output images themselves; here
+    the segments that are not owned are written: seams from the spill parts the task
+    markers list (only those, in plan order, so parts of killed or failed attempts never
+    count) and empty segments with the fill value. Then every head's pyramid is built (on
+    the cluster of ``client``, one task per shard row, or else in ``workers`` threads
+    here), the images are put in the node as ``<head>.ome.zarr`` with ``canvas.json``, the
+    node is committed and every part of the run is removed. Killed before the commit, it
+    can simply be run again.
 
     Parameters
     ----------
@@ -55,8 +67,14 @@ def finalize_canvas(
     commit
         Commit the node (default). Without it the images are written, the parts removed
         and the node stays open.
-    memory_budget, workers, progress
-        As for :class:`~cachetree.canvas.Canvas` (only one tile row is held at a time).
+    workers
+        Threads writing seams (and building the pyramids without a client).
+    progress
+        Show progress bars.
+    client
+        A ``distributed.Client`` whose workers reach the node: the pyramids are built there.
+    storage_options
+        fsspec options the workers use to reach the node (default: the node's).
 
     Returns
     -------
@@ -64,8 +82,9 @@ def finalize_canvas(
         The written image of each head.
     """
     node = as_node(node)
+    options = _Options(partial, commit, workers, progress, client, storage_options)
     if node.writing:
-        return _finalize(node, partial, commit, memory_budget, workers, progress)
+        return _finalize(node, options)
     # Node.open() would re-initialise the node (its params are unknown here and would not
     # match, so the parts would go): an update only finishes what the node holds.
     with node.update() as update:
@@ -73,17 +92,20 @@ def finalize_canvas(
             raise FinalizedError(
                 f"node {node.url} is committed already: there is nothing to finalise"
             )
-        return _finalize(node, partial, commit, memory_budget, workers, progress)
+        return _finalize(node, options)
 
 
-def _finalize(
-    node: Node,
-    partial: bool,
-    commit: bool,
-    memory_budget: int | str | None,
-    workers: int,
-    progress: bool,
-) -> dict[str, ImageInfo]:
+@dataclass(frozen=True)
+class _Options:
+    partial: bool
+    commit: bool
+    workers: int
+    progress: bool
+    client: Any
+    storage_options: Mapping[str, Any] | None
+
+
+def _finalize(node: Node, options: _Options) -> dict[str, ImageInfo]:
     loc = node.location
     plan = require_plan(loc)
     spec = spec_from_plan(plan)
@@ -91,9 +113,7 @@ def _finalize(
     parts = run_parts(loc)
     done = done_markers(parts, planned)
     missing = [tid for tid, _ in planned if tid not in done]
-    spills = {p.name: p for p in parts if p.kind == SPILL_KIND}
-    adopt = [spills[n] for tid, _ in planned if tid in done for n in done[tid].meta["spill_parts"]]
-    if missing and not partial:
+    if missing and not options.partial:
         raise IncompleteRunError(
             f"{len(missing)} of {len(planned)} tasks of {loc.url} have no result yet "
             f"(e.g. {missing[:5]}): run merge_distributed again (it runs only those), or "
@@ -101,22 +121,46 @@ def _finalize(
         )
     if missing:
         log.warning("%s: finalising without %d tasks: %s", loc.url, len(missing), missing[:10])
-    canvas = Canvas(
-        node,
-        spec.shape,
-        spec.heads,
-        memory_budget=memory_budget,
-        workers=workers,
-        progress=progress,
-        adopt=adopt,
-        **spec.canvas_kwargs(),
+    output = OutputImages.open(loc, spec)
+    owners = np.array(plan.read("owners"))  # a copy: missing tasks own nothing
+    for index, (tid, _) in enumerate(planned):
+        if tid in missing:
+            owners[owners == index] = EMPTY  # what a dead attempt wrote there does not count
+    ranges = ValueRanges(spec)
+    for marker in done.values():
+        ranges.add_json(marker.meta.get("ranges") or {})
+    spills = {p.name: p for p in parts if p.kind == SPILL_KIND}
+    seam_parts = [
+        spills[n] for tid, _ in planned if tid in done for n in done[tid].meta["spill_parts"]
+    ]
+    write_seams(
+        spec, output, owners, seam_parts, ranges, workers=options.workers, progress=options.progress
     )
-    try:
-        infos = canvas.finalize(commit=commit)
-    except BaseException:
-        canvas.close()
-        raise
+    infos = output.publish(
+        node,
+        ranges,
+        client=options.client,
+        storage_options=(
+            dict(loc.fs.storage_options)
+            if options.storage_options is None
+            else options.storage_options
+        ),
+        workers=options.workers,
+        progress=options.progress,
+    )
+    node.save_json(
+        CANVAS_JSON,
+        {
+            "kind": "canvas",
+            **spec.to_json(),
+            "images": {name: f"{name}.ome.zarr" for name in spec.heads},
+            "tasks": len(planned) - len(missing),
+        },
+    )
+    if options.commit:
+        node.commit()
     removed = discard_run(loc)
+    parts_location(loc).raw_child(STAGING).remove()
     parts_dir = parts_location(loc)
     if not [n for n in parts_dir.ls() if TMP_MARK not in n]:
         parts_dir.remove()

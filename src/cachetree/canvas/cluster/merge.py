@@ -21,7 +21,7 @@ from ...tree.node import Node
 from ..preview import preview_factor
 from ..spec import CanvasSpec, parse_memory_budget
 from .finalize import finalize_canvas
-from .plan import discard_run, read_plan, write_plan
+from .plan import PLAN_VERSION, discard_run, read_plan, write_plan
 from .preview import RunPreview, marker_block_sums
 from .run import run_task
 from .status import task_status
@@ -43,6 +43,7 @@ class MergeReport:
     patches: int = 0
     spill_parts: int = 0
     spilled_bytes: int = 0
+    shards: int = 0
     peak_task_resident_bytes: int = 0
     task_memory_budget: int = 0
     workers: dict[str, int] = field(default_factory=dict)
@@ -55,7 +56,8 @@ class MergeReport:
         text = (
             f"{self.url}: {self.computed} tasks merged ({self.patches} patches) on "
             f"{len(self.workers)} workers in {self.seconds_tasks:.1f} s, {self.skipped} were "
-            f"done already; {self.spill_parts} spill parts"
+            f"done already; {self.shards} output shards written by the tasks, "
+            f"{self.spill_parts} seam parts"
         )
         if self.images is not None:
             text += f"; finalised in {self.seconds_finalize:.1f} s"
@@ -189,16 +191,18 @@ def merge_distributed(
     _check_reachable(loc, client)
     options = dict(loc.fs.storage_options) if storage_options is None else dict(storage_options)
     plan = read_plan(loc)
-    if plan is not None and json.dumps(plan.meta.get("canvas"), sort_keys=True) != json.dumps(
-        canvas_json, sort_keys=True
+    if plan is not None and (
+        plan.meta.get("version") != PLAN_VERSION
+        or json.dumps(plan.meta.get("canvas"), sort_keys=True)
+        != json.dumps(canvas_json, sort_keys=True)
     ):
         removed = discard_run(loc)
         log.warning(
-            "%s held a distributed canvas of another spec: discarded its %d parts",
+            "%s held a distributed canvas of another spec or plan version: discarded its %d parts",
             loc.url,
             removed,
         )
-    write_plan(loc, spec, canvas_json, task_list)
+    write_plan(loc, spec, canvas_json, task_list, ngff_format=node.ngff_format)
     done = task_status(loc, task_list)
     todo = [t for t in task_list if t.id not in done]
     factor = preview_factor(spec, parse_memory_budget(None))
@@ -254,7 +258,13 @@ def merge_distributed(
     preview.write((report.skipped + report.computed) / len(task_list), now=True)
     if finalize:
         start = time.perf_counter()
-        report.images = finalize_canvas(node, progress=progress, workers=finalize_workers)
+        report.images = finalize_canvas(
+            node,
+            progress=progress,
+            workers=finalize_workers,
+            client=client,
+            storage_options=options,
+        )
         report.seconds_finalize = time.perf_counter() - start
     log.info("%s", report)
     return report
@@ -269,6 +279,7 @@ def _account(report: MergeReport, result: TaskResult) -> None:
     report.patches += result.patches
     report.spill_parts += len(result.parts)
     report.spilled_bytes += result.spilled_bytes
+    report.shards += result.shards
     report.peak_task_resident_bytes = max(
         report.peak_task_resident_bytes, result.peak_resident_bytes
     )

@@ -3,6 +3,7 @@ the canvas spec it records, listing the run's parts and discarding them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -21,12 +22,16 @@ from ...tree.parts import (
 )
 from ..kinds import PLAN_KIND, SPILL_KIND, TASK_KIND
 from ..spec import CanvasSpec
+from .output import OutputImages
+from .ownership import segment_owners
 from .tasks import ATTEMPT_PREFIX, TASK_PREFIX, Task
 
 __all__ = [
     "PLAN_PART",
     "PLAN_VERSION",
     "discard_run",
+    "owned_segments",
+    "planned_digest",
     "read_json_file",
     "read_plan",
     "require_plan",
@@ -37,7 +42,7 @@ __all__ = [
 
 PLAN_PART = "canvas-plan"
 """Name of the plan part."""
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 """Version of the plan's layout that this cachetree writes and reads."""
 
 
@@ -86,9 +91,20 @@ def require_plan(loc: Location) -> PartInfo:
     return plan
 
 
-def write_plan(loc: Location, spec: CanvasSpec, canvas_json: dict, tasks: Sequence[Task]) -> None:
-    """Write the plan: the canvas (``canvas_json`` is ``spec.to_json()``) and the tasks."""
-    arrays: dict[str, Any] = {"shape": np.asarray(spec.shape, np.int64)}
+def write_plan(
+    loc: Location,
+    spec: CanvasSpec,
+    canvas_json: dict,
+    tasks: Sequence[Task],
+    *,
+    ngff_format: str | None = None,
+) -> None:
+    """Write the plan: the canvas (``canvas_json`` is ``spec.to_json()``), the tasks and
+    the owner of every level-0 segment; create the output images where missing (OME-NGFF
+    ``ngff_format``, default 0.5)."""
+    output = OutputImages.require(loc, spec, ngff_format)
+    owners = segment_owners(tasks, spec.shape, spec.tile, output.segment)
+    arrays: dict[str, Any] = {"shape": np.asarray(spec.shape, np.int64), "owners": owners}
     if not isinstance(spec.weights, str):
         arrays["weights"] = np.asarray(spec.weights, np.float32)
     write_part(
@@ -101,9 +117,28 @@ def write_plan(loc: Location, spec: CanvasSpec, canvas_json: dict, tasks: Sequen
             "canvas": canvas_json,
             "channel_names": {k: list(v) for k, v in (spec.channel_names or {}).items()},
             "min_size": spec.min_size,
-            "tasks": [[t.id, t.digest] for t in tasks],
+            "tasks": [
+                [t.id, planned_digest(t, np.argwhere(owners == i))] for i, t in enumerate(tasks)
+            ],
         },
     )
+
+
+def planned_digest(task: Task, owned: np.ndarray) -> str:
+    """Fingerprint of a task as planned: its boxes, params and region, and the segments it
+    owns (a task's marker counts only for the same plan of it)."""
+    h = hashlib.sha1(task.digest.encode())
+    h.update(np.ascontiguousarray(owned, np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def owned_segments(plan: PartInfo, task_id: str) -> np.ndarray:
+    """``(n, 2)`` ``(row, segment)`` of the level-0 segments the plan gives task ``task_id``
+    alone (none for a task the plan does not list)."""
+    ids = [tid for tid, _ in plan.meta["tasks"]]
+    if task_id not in ids:
+        return np.zeros((0, 2), np.int64)
+    return np.argwhere(np.asarray(plan.read("owners")) == ids.index(task_id))
 
 
 def spec_from_plan(plan: PartInfo) -> CanvasSpec:
@@ -128,7 +163,8 @@ def run_parts(loc: Location) -> list[PartInfo]:
 
 
 def discard_run(loc: Location) -> int:
-    """Remove the plan, every task marker and every task spill part (committed or not).
+    """Remove the plan, every task marker, every task spill part (committed or not) and the
+    output images.
 
     Returns
     -------
@@ -143,4 +179,5 @@ def discard_run(loc: Location) -> int:
         if n == PLAN_PART or n.startswith(ATTEMPT_PREFIX) or n.startswith(TASK_PREFIX)
     ]
     remove_parts(root, names)
+    OutputImages.location(loc).remove()
     return len(names)

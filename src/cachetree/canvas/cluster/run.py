@@ -1,4 +1,5 @@
-"""What a worker executes: one task merged into spill parts of the node, then its marker."""
+"""What a worker executes: one task merged into the output images (the segments it owns)
+and spill parts (its seams), then its marker."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ from ...tree.parts import write_part
 from ..kinds import TASK_KIND
 from ..preview import preview_factor
 from ..spec import CanvasSpec, parse_memory_budget
-from ..worker import WorkerCanvas
+from .band import BandCanvas
+from .output import OutputImages
+from .plan import owned_segments, planned_digest, require_plan
 from .status import valid_marker
 from .tasks import ATTEMPT_PREFIX, Model, Task, TaskResult, marker_name
 
@@ -56,14 +59,19 @@ def run_task(
     io_threads: int = 2,
     preview: int | None = None,
 ) -> TaskResult:
-    """Merge one task's patches into spill parts of the node and write its marker.
+    """Merge one task's patches into the node's output images and seam parts, then write
+    its marker.
 
     Runs on a worker (any process that reaches ``node_url``); needs no lock. A task whose
     marker already names complete parts for the same boxes is skipped. Otherwise the model
-    is called on the boxes ``batch_size`` at a time, patches accumulate in a worker canvas
-    that spills to parts ``task-<id>-<attempt>-<seq>`` whenever it would exceed its budget,
-    and once everything is on storage the marker ``canvas-task-<id>`` is written last. A
-    failure or a kill before that leaves parts no marker names, which do not count.
+    is called on the boxes ``batch_size`` at a time, top to bottom, and the patches
+    accumulate in a :class:`~cachetree.canvas.cluster.band.BandCanvas` within the budget:
+    the level-0 segments the plan gives this task alone are written, normalised, straight
+    into the output images as soon as the patches have passed them (a retry writes the same
+    shards again, each replaced in one step); the tiles of seams shared with other tasks go
+    to spill parts ``task-<id>-<attempt>-<seq>``. Once everything is on storage the marker
+    ``canvas-task-<id>`` is written last. A failure or a kill before that leaves parts no
+    marker names, which do not count.
 
     Parameters
     ----------
@@ -83,7 +91,7 @@ def run_task(
     storage_options
         fsspec options to reach ``node_url``.
     io_threads
-        Threads writing spill parts.
+        Threads encoding and writing output shards and spill parts.
     preview
         Factor of the preview block sums the task returns and stores in its marker
         (``preview/weight``, ``preview/sum/<head>``, over the cells its patches reached);
@@ -93,7 +101,15 @@ def run_task(
         raise InvalidDataError(f"batch_size must be a positive integer, got {batch_size!r}")
     loc = Location.from_url(node_url, **dict(storage_options or {}))
     worker = _worker_name()
-    done = valid_marker(loc, task)
+    plan = require_plan(loc)
+    owned = owned_segments(plan, task.id)
+    digest = planned_digest(task, owned)
+    if [task.id, digest] not in plan.meta["tasks"]:
+        raise InvalidDataError(
+            f"task {task.id!r} is not in the plan of {loc.url} as given: plan it with "
+            "merge_distributed (or write_plan) first"
+        )
+    done = valid_marker(loc, task.id, digest)
     if done is not None:
         log.info("task %s is done already (attempt %s)", task.id, done.get("attempt"))
         return TaskResult(
@@ -103,12 +119,14 @@ def run_task(
     budget = max(1, parse_memory_budget(memory_budget) // _threads_here())
     attempt = uuid.uuid4().hex[:8]
     boxes = task.boxes
-    if spec.order == "row-major":
-        boxes = boxes[np.argsort(np.maximum(boxes[:, 1], 0), kind="stable")]
+    boxes = boxes[np.argsort(np.maximum(boxes[:, 1], 0), kind="stable")]
     factor = preview_factor(spec, budget) if preview is None else preview
-    canvas = WorkerCanvas(
+    canvas = BandCanvas(
         loc,
         spec,
+        output=OutputImages.open(loc, spec),
+        owned=owned,
+        region=task.region,
         part_prefix=f"{ATTEMPT_PREFIX}{task.id}-{attempt}",
         memory_budget=budget,
         workers=io_threads,
@@ -121,6 +139,7 @@ def run_task(
         parts = canvas.flush_parts()
         stats = canvas.stats
         origin, block_sums = canvas.preview_reached()
+        ranges = canvas.ranges.to_json()
     except BaseException:
         canvas.close()
         raise
@@ -132,7 +151,7 @@ def run_task(
         kind=TASK_KIND,
         meta={
             "task": task.id,
-            "digest": task.digest,
+            "digest": digest,
             "attempt": attempt,
             "spill_parts": parts,
             "canvas": spec.to_json(),
@@ -142,6 +161,8 @@ def run_task(
             "spilled_bytes": stats["spilled_bytes"],
             "peak_resident_bytes": stats["peak_resident_bytes"],
             "preview": {"factor": factor, "origin": list(origin)},
+            "ranges": ranges,
+            "shards": canvas.shards_written,
         },
     )
     return TaskResult(
@@ -156,4 +177,5 @@ def run_task(
         worker=worker,
         attempt=attempt,
         preview=(origin, block_sums),
+        shards=canvas.shards_written,
     )

@@ -39,15 +39,16 @@ def _committed(loc: Location, names: Sequence[str]) -> set[str]:
     return {paths[p] for p in found if p in paths}
 
 
-def valid_marker(loc: Location, task: Task) -> dict[str, Any] | None:
-    """The marker meta of ``task`` when it is for the same boxes and all its parts exist."""
+def valid_marker(loc: Location, task_id: str, digest: str) -> dict[str, Any] | None:
+    """The marker meta of task ``task_id`` when it is for the same planned task (``digest``,
+    see :func:`~cachetree.canvas.cluster.plan.planned_digest`) and all its parts exist."""
     info = read_json_file(
-        parts_location(loc).raw_child(marker_name(task.id)).raw_child(PART_MARKER)
+        parts_location(loc).raw_child(marker_name(task_id)).raw_child(PART_MARKER)
     )
     if info is None or info.get("kind") != TASK_KIND:
         return None
     meta = info.get("meta") or {}
-    if meta.get("digest") != task.digest:
+    if meta.get("digest") != digest:
         return None
     listed = list(meta.get("spill_parts", []))
     if len(_committed(loc, listed)) != len(set(listed)):
@@ -72,15 +73,19 @@ def done_markers(
 
 
 def task_status(node: NodeLike, tasks: Iterable[Task]) -> dict[str, PartInfo]:
-    """Markers of the given tasks that count: same boxes, and every part they name exists.
+    """Markers of the given tasks that count: made for the task as the node's plan lists
+    it, and every part they name exists.
 
     Returns
     -------
     dict[str, PartInfo]
         Task id to its marker, for the tasks that are done.
     """
-    parts = run_parts(location_of(node))
-    return done_markers(parts, ((t.id, t.digest) for t in tasks))
+    loc = location_of(node)
+    plan = read_plan(loc)
+    planned = {tid: digest for tid, digest in plan.meta["tasks"]} if plan is not None else {}
+    parts = run_parts(loc)
+    return done_markers(parts, ((t.id, planned.get(t.id, "")) for t in tasks))
 
 
 def is_distributed_canvas(node: NodeLike) -> bool:
