@@ -109,12 +109,12 @@ class PoolModel:
 
 
 def all_boxes(args: argparse.Namespace, size: int):
-    import numpy as np
+    """The cluster's tasks (bands of ``--band`` rows) and every patch box once."""
+    from cachetree.canvas.cluster import band_tasks, grid_tasks
 
-    from cachetree.canvas.cluster import grid_tasks
-
-    tasks = grid_tasks((size, size), args.patch, args.stride, rows_per_task=args.rows_per_task)
-    return tasks, np.concatenate([t.boxes for t in tasks])
+    tasks = band_tasks((size, size), args.patch, args.stride, band=args.band, tile=args.tile)
+    (once,) = grid_tasks((size, size), args.patch, args.stride, rows_per_task=size)
+    return tasks, once.boxes
 
 
 # -- variants (each in a child process) -----------------------------------------------------
@@ -143,6 +143,7 @@ def run_single(args: argparse.Namespace, root: str) -> dict:
         "final_s": 0.0,
         "patches": len(boxes),
         "spilled": stats["spilled_bytes"],
+        "parts": 0,
         "workers": 1,
     }
 
@@ -152,7 +153,7 @@ def run_cluster(args: argparse.Namespace, root: str, workers: int, size: int) ->
 
     from cachetree import CacheTree
     from cachetree.canvas import CanvasSpec
-    from cachetree.canvas.cluster import merge_distributed
+    from cachetree.canvas.cluster import finalize_canvas, merge_distributed
 
     tasks, boxes = all_boxes(args, size)
     spec = CanvasSpec((size, size), HEADS, tile=args.tile)
@@ -180,17 +181,32 @@ def run_cluster(args: argparse.Namespace, root: str, workers: int, size: int) ->
                 batch_size=args.batch,
                 worker_memory_budget=args.worker_budget,
                 progress=False,
+                finalize=False,
             )
+            parts = seam_part_bytes(node.location)
+            final_start = time.perf_counter()
+            finalize_canvas(node, client=client)
+            final_s = time.perf_counter() - final_start
         seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
         "tasks_s": report.seconds_tasks,
-        "final_s": report.seconds_finalize,
+        "final_s": final_s,
         "patches": len(boxes),
         "spilled": report.spilled_bytes,
+        "parts": parts,
         "workers": len(report.workers),
         "peak_task": report.peak_task_resident_bytes,
     }
+
+
+def seam_part_bytes(location) -> int:
+    """Bytes of the spill parts the finished tasks' markers list (the seams)."""
+    from cachetree.tree.parts import list_parts
+
+    parts = list_parts(location)
+    listed = {n for p in parts if p.kind == "canvas-task" for n in p.meta["spill_parts"]}
+    return sum(part.nbytes for part in parts if part.name in listed)
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -251,7 +267,7 @@ def s3_env(endpoint: str) -> dict[str, str]:
 def child(variant: str, args: argparse.Namespace, env: dict[str, str]) -> dict:
     out = tempfile.mkdtemp(prefix=f"dist-{variant}-", dir=args.tmp)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--out", out]
-    keys = ("size", "s3_size", "patch", "stride", "batch", "tile", "rows_per_task", "model_ms")
+    keys = ("size", "s3_size", "patch", "stride", "batch", "tile", "band", "model_ms")
     for key in keys:
         cmd.append(f"--{key.replace('_', '-')}={getattr(args, key)}")
     if args.worker_budget:
@@ -281,7 +297,9 @@ def main() -> None:
     parser.add_argument("--stride", type=int, default=192)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--tile", type=int, default=512)
-    parser.add_argument("--rows-per-task", type=int, default=2, help="patch rows per task")
+    parser.add_argument(
+        "--band", type=int, default=2048, help="canvas rows per task (a multiple of --tile)"
+    )
     parser.add_argument(
         "--model-ms",
         type=float,
@@ -338,7 +356,8 @@ def main() -> None:
     print(
         f"W1: {args.size}x{args.size} canvas, {len(boxes)} patches of {args.patch}px at "
         f"stride {args.stride}, heads 4+1 float32, batches of {args.batch}, tile {args.tile}; "
-        f"{len(tasks)} tasks of {args.rows_per_task} patch rows; model {args.model_ms:g} ms "
+        f"{len(tasks)} band tasks of {args.band} rows ({sum(len(t) for t in tasks)} patches "
+        f"with those crossing a band edge twice); model {args.model_ms:g} ms "
         f"per patch; worker processes with 1 thread; {os.cpu_count()} cores; median of "
         f"{args.repeat} run(s)"
     )
@@ -346,20 +365,23 @@ def main() -> None:
     single = median(results["single"], "seconds")
     print(
         f"{'variant':<11}{'total s':>9}{'tasks s':>9}{'final s':>9}{'patches/s':>11}"
-        f"{'x 1 worker':>12}{'x single':>10}{'spilled MiB':>13}"
+        f"{'x 1 worker':>12}{'x single':>10}{'parts MiB':>11}{'parts %':>9}"
     )
+    canvas_bytes = args.size * args.size * sum(HEADS.values()) * 4  # float32 heads
     for variant in scaling:
         t = median(results[variant], "seconds")
         runs = results[variant]
         print(
             f"{variant:<11}{t:>9.1f}{median(runs, 'tasks_s'):>9.1f}"
             f"{median(runs, 'final_s'):>9.1f}{runs[0]['patches'] / t:>11.1f}"
-            f"{base / t:>12.2f}{single / t:>10.2f}{runs[0]['spilled'] / MiB:>13.0f}"
+            f"{base / t:>12.2f}{single / t:>10.2f}{runs[0]['parts'] / MiB:>11.0f}"
+            f"{100 * runs[0]['parts'] / canvas_bytes:>9.1f}"
         )
     print(
         "(x 1 worker: throughput relative to cluster-1; x single: relative to one process "
         f"without dask. With {os.cpu_count()} cores, {n_max} workers is the most that can "
-        "run in parallel.)"
+        "run in parallel. parts: bytes of the seam parts the tasks left for finalising, and "
+        "their share of the canvas' float32 size.)"
     )
     if s3_variants:
         local = median(results[f"local-{n_max}"], "seconds")

@@ -166,11 +166,15 @@ class ImageWriter(ShardWriter):
         min_size: int = 256,
         max_levels: int | None = None,
         labels: bool = False,
+        join_stored: bool = True,
     ) -> ImageWriter:
         """Continue writing the image at ``location`` (its level ``"0"`` must exist).
 
         Missing pyramid levels are created (empty), so a level 0 written by anything that
-        follows this layout can get its pyramid with :meth:`build_levels`.
+        follows this layout can get its pyramid with :meth:`build_levels`. With
+        ``join_stored`` (the default), chunks written one at a time join those their shard
+        holds already; without it, each shard is written whole by this writer (e.g. one of
+        many processes that each write whole shards of their own) and nothing is read.
 
         Raises
         ------
@@ -205,7 +209,7 @@ class ImageWriter(ShardWriter):
             if existing is None or tuple(existing.shape) != level_shape:
                 layout.create(group)
             levels.append(layout)
-        return cls(loc, axes=axes_t, levels=levels, labels=labels, existing=True)
+        return cls(loc, axes=axes_t, levels=levels, labels=labels, existing=join_stored)
 
     # -- geometry -------------------------------------------------------------------------
     @property

@@ -136,18 +136,14 @@ def _finalize(node: Node, options: _Options) -> dict[str, ImageInfo]:
     write_seams(
         spec, output, owners, seam_parts, ranges, workers=options.workers, progress=options.progress
     )
-    infos = output.publish(
-        node,
-        ranges,
+    output.build_coarse_levels(
+        owners,
         client=options.client,
-        storage_options=(
-            dict(loc.fs.storage_options)
-            if options.storage_options is None
-            else options.storage_options
-        ),
+        storage_options=options.storage_options,
         workers=options.workers,
         progress=options.progress,
     )
+    infos = output.publish(node, ranges)
     node.save_json(
         CANVAS_JSON,
         {

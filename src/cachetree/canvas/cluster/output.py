@@ -10,17 +10,19 @@ publishes the images into the node.
 
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from ...errors import NodeNotFoundError
 from ...fs.location import Location
 from ...images.ngff import ImageInfo
-from ...images.pyramid import ImageWriter, finite_range
+from ...images.pyramid import ImageWriter, PyramidAssembler, finite_range
 from ...tree.node import Node
 from ...tree.parts import parts_location
 from ..rows import finish_head, publish_image
@@ -77,11 +79,21 @@ def _floats(values: list[float | None]) -> np.ndarray:
 
 
 class OutputImages:
-    """Every head's output image of a cluster merge (picklable: it holds no open files)."""
+    """Every head's output image of a cluster merge, as one process writes into it.
 
-    def __init__(self, spec: CanvasSpec, images: dict[str, ImageWriter]):
+    Level-0 segments are written whole; each also feeds a
+    :class:`~cachetree.images.pyramid.PyramidAssembler`, so the coarse-level chunks made of
+    this process' segments alone are written with them (a band task writes its band's
+    pyramid). Chunks that also need segments written elsewhere stay unwritten and are made
+    by :meth:`build_coarse_levels` at the end.
+    """
+
+    def __init__(self, spec: CanvasSpec, images: dict[str, ImageWriter], *, pyramid: bool):
         self.spec = spec
         self.images = images
+        self._assemblers = (
+            {name: PyramidAssembler(image) for name, image in images.items()} if pyramid else {}
+        )
 
     @staticmethod
     def location(node: Location) -> Location:
@@ -111,11 +123,13 @@ class OutputImages:
                     format=ngff_format,
                 )
             images[name] = image
-        return cls(spec, images)
+        return cls(spec, images, pyramid=False)
 
     @classmethod
-    def open(cls, node: Location, spec: CanvasSpec) -> OutputImages:
-        """The output images the client created (see :meth:`require`)."""
+    def open(cls, node: Location, spec: CanvasSpec, *, pyramid: bool = False) -> OutputImages:
+        """The output images the client created (see :meth:`require`); with ``pyramid``,
+        the segments written feed the coarse levels (in a task; never where
+        :meth:`build_coarse_levels` runs, which makes what no task made)."""
         return cls(
             spec,
             {
@@ -123,9 +137,11 @@ class OutputImages:
                     cls.location(node).raw_child(f"{name}.ome.zarr"),
                     axes=_axes(spec, name),
                     min_size=spec.min_size,
+                    join_stored=False,
                 )
                 for name in spec.heads
             },
+            pyramid=pyramid,
         )
 
     @property
@@ -178,25 +194,66 @@ class OutputImages:
                         0, index, part[c : c + 1] if len(image.axes) == 3 else part[c]
                     )
                     written += 1
+            for c in range(head.channels if name in self._assemblers else 0):
+                for tx in columns:
+                    index = (c, ty, tx) if len(image.axes) == 3 else (ty, tx)
+                    outputs = tiles.get(tx)
+                    chunk = None if outputs is None else outputs[name][c]
+                    self._assemblers[name].add(0, index, chunk)
         return written
 
-    def publish(
+    def build_coarse_levels(
         self,
-        node: Node,
-        ranges: ValueRanges,
+        owners: np.ndarray,
         *,
         client: Any = None,
         storage_options: Mapping[str, Any] | None = None,
         workers: int = 2,
         progress: bool = False,
-    ) -> dict[str, ImageInfo]:
-        """Build the coarse levels (on the cluster of ``client``, else in threads here),
-        write the metadata and put every image into ``node``."""
+    ) -> int:
+        """Make every coarse-level shard no single task could make, from the level below.
+
+        A shard of level ``k`` was made by a task when every level-0 segment under it has
+        that task as owner (``owners``, see
+        :func:`~cachetree.canvas.cluster.ownership.segment_owners`); the others are made
+        here, level by level: on the cluster of ``client`` (one task per shard row), or in
+        ``workers`` threads.
+
+        Returns
+        -------
+        int
+            Shards made.
+        """
+        made = 0
+        for image in self.images.values():
+            for level in range(1, len(image.levels)):
+                todo = [
+                    shard
+                    for shard in np.ndindex(*image.levels[level].shard_grid)
+                    if not self._made_by_a_task(image, level, shard, owners)
+                ]
+                if client is None:
+                    _downsample_here(image, level, todo, workers, progress)
+                else:
+                    _downsample_on_cluster(client, image, level, todo, storage_options)
+                made += len(todo)
+        return made
+
+    def _made_by_a_task(
+        self, image: ImageWriter, level: int, shard: tuple[int, ...], owners: np.ndarray
+    ) -> bool:
+        region = image.levels[level].shard_region(shard)
+        scale, tile = 2**level, self.spec.tile
+        rows = slice(region[-2].start * scale // tile, -(-region[-2].stop * scale // tile))
+        first = region[-1].start * scale // tile // self.segment
+        last = (min(region[-1].stop * scale, self.spec.shape[1]) - 1) // tile // self.segment
+        under = owners[rows, first : last + 1]
+        return bool(under.size) and under.min() >= 0 and under.min() == under.max()
+
+    def publish(self, node: Node, ranges: ValueRanges) -> dict[str, ImageInfo]:
+        """Write every image's metadata and put it into ``node`` (after
+        :meth:`build_coarse_levels`)."""
         for name, image in self.images.items():
-            if client is None:
-                image.build_levels(workers=workers, progress=progress)
-            else:
-                _levels_on_cluster(client, image, dict(storage_options or {}))
             finish_head(image, self.spec, name, *ranges.get(name))
         return {
             name: publish_image(image.location, node.item(f"{name}.ome.zarr"))
@@ -213,29 +270,45 @@ def _axes(spec: CanvasSpec, name: str) -> str:
     return "yx" if spec.heads[name].channels == 1 else "cyx"
 
 
-def _levels_on_cluster(client: Any, image: ImageWriter, options: dict[str, Any]) -> None:
-    """Levels 1..n of ``image``, each from the one below, one task per shard row."""
+def _downsample_here(
+    image: ImageWriter, level: int, shards: list[tuple[int, ...]], workers: int, progress: bool
+) -> None:
+    """Shards ``shards`` of ``level`` in ``workers`` threads of this process."""
+    with (
+        concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool,
+        tqdm(total=len(shards), desc=f"pyramid level {level}", disable=not progress) as bar,
+    ):
+        for future in [pool.submit(image.downsample_shards, level, [s]) for s in shards]:
+            future.result()
+            bar.update()
+
+
+def _downsample_on_cluster(
+    client: Any,
+    image: ImageWriter,
+    level: int,
+    shards: list[tuple[int, ...]],
+    options: Mapping[str, Any] | None,
+) -> None:
+    """Shards ``shards`` of ``level`` on the cluster, one task per shard row."""
     from distributed import wait
 
-    url, axes = image.location.url, "".join(image.axes)
-    for level in range(1, len(image.levels)):
-        grid = image.levels[level].shard_grid
-        rows: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        for shard in np.ndindex(*grid):
-            rows.setdefault(shard[:-1], []).append(shard)
-        futures = client.map(
-            _downsample_row,
-            list(rows.values()),
-            url=url,
-            options=options,
-            axes=axes,
-            level=level,
-            levels=len(image.levels),
-            pure=False,
-        )
-        wait(futures)
-        for future in futures:
-            future.result()
+    rows: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+    for shard in shards:
+        rows.setdefault(shard[:-1], []).append(shard)
+    futures = client.map(
+        _downsample_row,
+        list(rows.values()),
+        url=image.location.url,
+        options=dict(image.location.fs.storage_options if options is None else options),
+        axes="".join(image.axes),
+        level=level,
+        levels=len(image.levels),
+        pure=False,
+    )
+    wait(futures)
+    for future in futures:
+        future.result()
 
 
 def _downsample_row(
@@ -250,6 +323,10 @@ def _downsample_row(
     """On a worker: shards ``shards`` of ``level`` of the image at ``url`` (of ``levels``
     levels)."""
     image = ImageWriter.open(
-        Location.from_url(url, **options), axes=axes, max_levels=levels, min_size=1
+        Location.from_url(url, **options),
+        axes=axes,
+        max_levels=levels,
+        min_size=1,
+        join_stored=False,
     )
     image.downsample_shards(level, shards)

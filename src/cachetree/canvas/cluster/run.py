@@ -124,7 +124,7 @@ def run_task(
     canvas = BandCanvas(
         loc,
         spec,
-        output=OutputImages.open(loc, spec),
+        output=OutputImages.open(loc, spec, pyramid=True),
         owned=owned,
         region=task.region,
         part_prefix=f"{ATTEMPT_PREFIX}{task.id}-{attempt}",
