@@ -33,11 +33,12 @@ from cachetree.canvas.cluster import (
     grid_tasks,
     is_distributed_canvas,
     merge_distributed,
+    run_status,
     task_status,
 )
 from cachetree.canvas.cluster.ownership import SEAM, segment_owners
 from cachetree.canvas.preview import PreviewAccumulator
-from cachetree.canvas.view import open_canvas_pyramid
+from cachetree.canvas.view import open_canvas, open_canvas_pyramid
 from cachetree.cli import main as cli_main
 from cachetree.errors import IncompatibleError, InvalidDataError, KeyLookupError
 from cachetree.fs.location import Location
@@ -216,25 +217,31 @@ def test_band_tasks_write_the_output_themselves(client, expected, where, tmp_pat
     flags = tmp_path / "flags"
     flags.mkdir()
     model = functools.partial(models.flaky_model, flags=str(flags), fail=(tasks[1].id,))
-    with (
-        CacheTree(root).node("merge", params=PARAMS) as node,
-        distributed.get_task_stream(client) as stream,
-    ):
-        report = merge_distributed(
-            node,
-            tasks,
-            model,
-            spec,
-            client=client,
-            batch_size=4,
-            worker_memory_budget=budget,
-            retries=1,
-            progress=False,
-        )
+    node = CacheTree(root).node("merge", params=PARAMS).open()
+    report = merge_distributed(
+        node,
+        tasks,
+        model,
+        spec,
+        client=client,
+        batch_size=4,
+        worker_memory_budget=budget,
+        retries=1,
+        finalize=False,
+        progress=False,
+    )
     assert sorted(os.listdir(flags)) == [tasks[1].id]  # it failed once, after some rows
     assert (report.computed, report.spill_parts) == (3, 0)  # what the budget spilled came back
     rows = -(-SHAPE[0] // spec.tile)
     assert report.shards == rows * sum(models.HEADS.values())  # a shard per row and channel
+    # before finalising, a viewer reads the bands from the output images
+    for head, view in open_canvas(node).items():
+        np.testing.assert_allclose(np.asarray(view), expected[head][0], rtol=1e-5, atol=1e-5)
+    progress = run_status(node).tasks
+    assert [(t.id, t.done) for t in progress] == [(t.id, True) for t in tasks]
+
+    with distributed.get_task_stream(client) as stream:
+        finalize_canvas(node, client=client)
     assert node.status is Status.COMMITTED
     assert_matches(node.location, expected)
     built = [task["key"] for task in stream.data if "_downsample_row" in str(task["key"])]

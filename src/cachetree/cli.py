@@ -148,7 +148,8 @@ def cmd_combine(args: argparse.Namespace) -> int:
 
 
 def cmd_canvas_status(args: argparse.Namespace) -> int:
-    """Print the tasks done and the spill parts of a canvas merged on a cluster."""
+    """Print the tasks done (each planned task, in plan order) and the seam parts of a canvas
+    merged on a cluster."""
     from .canvas.cluster import run_status
 
     run = run_status(args.node)
@@ -164,9 +165,11 @@ def cmd_canvas_status(args: argparse.Namespace) -> int:
     )
     print(f"tasks done:   {run.tasks_done} of {run.tasks_total}")
     print(
-        f"spill parts:  {run.listed_parts} listed by tasks, {run.orphan_parts} of "
+        f"seam parts:   {run.listed_parts} listed by tasks, {run.orphan_parts} of "
         "unfinished or failed attempts"
     )
+    for task in run.tasks:
+        print(f"  {task}")
     return 0
 
 

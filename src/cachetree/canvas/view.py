@@ -30,6 +30,7 @@ from ..images.ngff import open_image
 from ..tree.node import NodeLike, location_of
 from ..tree.parts import PartInfo, list_parts, parts_location
 from .checkpoint import newest_checkpoint
+from .cluster.output import OUTPUT
 from .kinds import (
     CANVAS_JSON,
     CHECKPOINT_KIND,
@@ -224,6 +225,7 @@ def _level0_views(loc: Location, parts: list[PartInfo], rows_final: int) -> dict
                 index.setdefault((ty, tx), []).append((part, SpillRef(part.name, y0, x0, y1, x1)))
     staging = parts_location(loc).raw_child(STAGING)
     has_staging = any(p.kind == STAGING_KIND for p in parts)
+    owned = _written_by_tasks(parts)
     token = uuid.uuid4().hex[:12]
     views = {}
     for head, head_spec in spec["heads"].items():
@@ -234,6 +236,8 @@ def _level0_views(loc: Location, parts: list[PartInfo], rows_final: int) -> dict
             index=index,
             rows_final=rows_final if has_staging else 0,
             staging=staging.raw_child(f"{head}.ome.zarr"),
+            owned=owned,
+            output=parts_location(loc).raw_child(OUTPUT).raw_child(f"{head}.ome.zarr"),
         )
         chunks = (tile, tile) if source_array.ndim == 2 else (source_array.shape[0], tile, tile)
         views[head] = da.from_array(
@@ -245,6 +249,24 @@ def _level0_views(loc: Location, parts: list[PartInfo], rows_final: int) -> dict
             name=f"canvas-view-{head}-{token}",
         )
     return views
+
+
+def _written_by_tasks(parts: list[PartInfo]) -> frozenset[tuple[int, int]]:
+    """Tiles of a cluster merge that finished tasks wrote into its output images: those of
+    the segments the plan gives them."""
+    plan = next((p for p in parts if p.kind == PLAN_KIND), None)
+    if plan is None or "segment" not in plan.meta:
+        return frozenset()
+    planned = [tid for tid, _ in plan.meta["tasks"]]
+    done = {p.meta.get("task") for p in parts if p.kind == TASK_KIND}
+    indices = [i for i, tid in enumerate(planned) if tid in done]
+    owners, segment = np.asarray(plan.read("owners")), int(plan.meta["segment"])
+    columns = -(-int(plan.meta["canvas"]["shape"][1]) // int(plan.meta["canvas"]["tile"]))
+    return frozenset(
+        (int(ty), tx)
+        for ty, sx in np.argwhere(np.isin(owners, indices))
+        for tx in range(int(sx) * segment, min((int(sx) + 1) * segment, columns))
+    )
 
 
 class _HeadSource:
@@ -259,6 +281,8 @@ class _HeadSource:
         index: Mapping[tuple[int, int], list[tuple[PartInfo, SpillRef]]],
         rows_final: int,
         staging: Location,
+        owned: frozenset[tuple[int, int]] = frozenset(),
+        output: Location | None = None,
     ):
         self.head = head
         self.channels = channels = head_spec.channels
@@ -271,18 +295,25 @@ class _HeadSource:
         self.index = index
         self.rows_final = rows_final
         self.staging = staging
-        self._level0: Any = None
+        self.owned = owned
+        self.output = output
+        self._level0: dict[str, Any] = {}
         self.shape = (
             (self.height, self.width) if channels == 1 else (channels, self.height, self.width)
         )
         self.ndim = len(self.shape)
 
-    def _level0_array(self) -> Any:
-        if self._level0 is None:
-            self._level0 = zarr.open_array(
-                self.staging.raw_child("0").zarr_store(read_only=True), mode="r"
-            )
-        return self._level0
+    def _written_tile(self, image: Location, ty: int, tx: int) -> np.ndarray:
+        """Tile ``(ty, tx)`` of level 0 of a written image (the staging one, or the cluster
+        tasks' output), ``(C, th, tw)``."""
+        array = self._level0.get(image.path)
+        if array is None:
+            array = zarr.open_array(image.raw_child("0").zarr_store(read_only=True), mode="r")
+            self._level0[image.path] = array
+        T = self.tile
+        th, tw = min(T, self.height - ty * T), min(T, self.width - tx * T)
+        region = (slice(ty * T, ty * T + th), slice(tx * T, tx * T + tw))
+        return np.asarray(array[(Ellipsis, *region)]).reshape(self.channels, th, tw)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
@@ -309,9 +340,9 @@ class _HeadSource:
         T = self.tile
         th, tw = min(T, self.height - ty * T), min(T, self.width - tx * T)
         if ty < self.rows_final:
-            region = (slice(ty * T, ty * T + th), slice(tx * T, tx * T + tw))
-            block = np.asarray(self._level0_array()[(Ellipsis, *region)])
-            return block.reshape(self.channels, th, tw)
+            return self._written_tile(self.staging, ty, tx)
+        if (ty, tx) in self.owned and self.output is not None:
+            return self._written_tile(self.output, ty, tx)
         refs = self.index.get((ty, tx), [])
         if not refs:
             return np.full((self.channels, th, tw), self.fill, self.dtype)
@@ -324,9 +355,7 @@ class _HeadSource:
             # The writer consumed the part meanwhile (its row was written): show the row.
             log.debug("canvas view: tile %s changed while reading (%s)", (ty, tx), exc)
             try:
-                region = (slice(ty * T, ty * T + th), slice(tx * T, tx * T + tw))
-                block = np.asarray(self._level0_array()[(Ellipsis, *region)])
-                return block.reshape(self.channels, th, tw)
+                return self._written_tile(self.staging, ty, tx)
             except Exception:
                 return np.full((self.channels, th, tw), self.fill, self.dtype)
         fill = self.fill if math.isfinite(self.fill) or self.dtype.kind == "f" else 0

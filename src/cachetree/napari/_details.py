@@ -37,6 +37,17 @@ def row_details(data: Row, parent: NodeInfo | None) -> str:
             f"created: {part.created}\nwriter:  {json.dumps(part.writer)}\n"
             f"arrays:  {json.dumps(part.arrays, indent=1)}\nmeta:    {json.dumps(part.meta)}"
         )
+    if data.progress:
+        done = sum(task.done for task in data.progress)
+        return "\n".join(
+            [
+                f"cluster merge: {done} of {len(data.progress)} tasks done",
+                *(f"  {task}" for task in data.progress),
+                "",
+                "tasks write the parts of the canvas they alone cover straight into its "
+                "images; the node is finalised (cachetree combine) once every task is done",
+            ]
+        )
     return PARTS_EXPLAINED
 
 

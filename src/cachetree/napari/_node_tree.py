@@ -17,6 +17,7 @@ from qtpy.QtCore import QEvent, Qt, Signal
 from qtpy.QtGui import QBrush, QColor
 from qtpy.QtWidgets import QHeaderView, QTreeWidget, QTreeWidgetItem
 
+from cachetree.canvas.cluster import TaskProgress, task_progress
 from cachetree.tree.clean import format_bytes
 from cachetree.tree.parts import PartInfo
 from cachetree.tree.walk import NodeInfo
@@ -54,6 +55,8 @@ class Row:
     info: NodeInfo | None = None
     entry: ItemEntry | None = None
     part: PartInfo | None = None
+    progress: tuple[TaskProgress, ...] = ()
+    """On the parts row of a cluster merge: where each planned task stands."""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -208,8 +211,9 @@ class NodeTree(QTreeWidget):
         if not listing.path:  # the root's own state comes from its listing, others' from parents
             self._set_row(row, Row("node", "", listing.info))
         wanted = [Row("item", listing.path, entry=e) for e in listing.items]
+        progress = tuple(task_progress(listing.parts) or ()) if listing.parts else ()
         if listing.parts:
-            wanted.append(Row("parts", listing.path))
+            wanted.append(Row("parts", listing.path, progress=progress))
         wanted += [Row("node", info.path, info) for info in listing.children]
         self._sync_children(row, wanted)
         if listing.parts:
@@ -221,7 +225,13 @@ class NodeTree(QTreeWidget):
             self._sync_children(
                 parts_row, [Row("part", listing.path, part=p) for p in listing.parts]
             )
-            parts_row.setText(KIND, f"{len(listing.parts)} parts")
+            done = sum(task.done for task in progress)
+            parts_row.setText(
+                KIND,
+                f"cluster merge: {done} of {len(progress)} tasks done"
+                if progress
+                else f"{len(listing.parts)} parts",
+            )
             parts_row.setText(SIZE, format_bytes(sum(p.nbytes for p in listing.parts)))
         self.loaded.add(listing.path)
         row.setChildIndicatorPolicy(

@@ -51,7 +51,14 @@ from .finalize import IncompleteRunError, finalize_canvas
 from .merge import MergeReport, merge_distributed
 from .plan import PLAN_PART
 from .run import run_task
-from .status import RunStatus, is_distributed_canvas, run_status, task_status
+from .status import (
+    RunStatus,
+    TaskProgress,
+    is_distributed_canvas,
+    run_status,
+    task_progress,
+    task_status,
+)
 from .tasks import Task, TaskResult, band_tasks, grid_tasks
 
 __all__ = [
@@ -60,6 +67,7 @@ __all__ = [
     "MergeReport",
     "RunStatus",
     "Task",
+    "TaskProgress",
     "TaskResult",
     "band_tasks",
     "finalize_canvas",
@@ -68,5 +76,6 @@ __all__ = [
     "merge_distributed",
     "run_status",
     "run_task",
+    "task_progress",
     "task_status",
 ]

@@ -120,6 +120,7 @@ def write_plan(
             "tasks": [
                 [t.id, planned_digest(t, np.argwhere(owners == i))] for i, t in enumerate(tasks)
             ],
+            "segment": output.segment,
         },
     )
 

@@ -11,15 +11,17 @@ from ...fs.location import Location
 from ...tree.manifest import read_manifest
 from ...tree.node import NodeLike, location_of
 from ...tree.parts import PART_MARKER, PartInfo, parts_location
-from ..kinds import SPILL_KIND, TASK_KIND
+from ..kinds import PLAN_KIND, SPILL_KIND, TASK_KIND
 from .plan import read_json_file, read_plan, run_parts
 from .tasks import Task, marker_name
 
 __all__ = [
     "RunStatus",
+    "TaskProgress",
     "done_markers",
     "is_distributed_canvas",
     "run_status",
+    "task_progress",
     "task_status",
     "valid_marker",
 ]
@@ -72,6 +74,42 @@ def done_markers(
     return done
 
 
+@dataclass(frozen=True)
+class TaskProgress:
+    """Where one planned task of a cluster merge stands."""
+
+    id: str
+    done: bool
+    seconds: float | None = None
+    """Time its finished attempt took."""
+    worker: str | None = None
+    """The worker that ran its finished attempt."""
+
+    def __str__(self) -> str:
+        if not self.done:
+            return f"{self.id}  not done"
+        return f"{self.id}  done in {self.seconds:.1f} s on {self.worker}"
+
+
+def task_progress(parts: Sequence[PartInfo]) -> list[TaskProgress] | None:
+    """Every planned task of a cluster merge, in plan order, from a listing of the node's
+    parts (no further reads); None when the parts hold no plan."""
+    plan = next((p for p in parts if p.kind == PLAN_KIND), None)
+    if plan is None:
+        return None
+    planned = [(tid, digest) for tid, digest in plan.meta["tasks"]]
+    done = done_markers(parts, planned)
+    return [
+        TaskProgress(
+            tid,
+            tid in done,
+            done[tid].meta.get("seconds") if tid in done else None,
+            done[tid].meta.get("worker") if tid in done else None,
+        )
+        for tid, _ in planned
+    ]
+
+
 def task_status(node: NodeLike, tasks: Iterable[Task]) -> dict[str, PartInfo]:
     """Markers of the given tasks that count: made for the task as the node's plan lists
     it, and every part they name exists.
@@ -117,6 +155,8 @@ class RunStatus:
     """Spill parts the markers of finished tasks list."""
     orphan_parts: int = 0
     """Spill parts of unfinished or failed attempts."""
+    tasks: tuple[TaskProgress, ...] = ()
+    """Every planned task, in plan order."""
 
 
 def run_status(node: NodeLike) -> RunStatus:
@@ -139,4 +179,5 @@ def run_status(node: NodeLike) -> RunStatus:
         tasks_total=len(plan.meta["tasks"]),
         listed_parts=len(spills) - len(orphans),
         orphan_parts=len(orphans),
+        tasks=tuple(task_progress(parts) or ()),
     )
