@@ -7,26 +7,29 @@ from a small pool of random batches built once per process (outside the timing),
 "model" costs nothing and the figures are those of the merge; ``--model-ms`` adds simulated
 model time per patch (sleeping, as a model waiting for a GPU or a service would).
 
-What the distributed merge costs besides the accumulation itself: every task writes its
-accumulators (a weight plane and each head's weighted sums, float32) as spill parts and
-fsyncs them before its marker; the client reads them all back, sums, normalises and writes
-the output, then deletes the parts. A single process writes only the output.
+What the distributed merge costs besides the accumulation itself: the client writes a plan
+and the empty output images; every task (a band of ``--band`` rows, see
+:func:`cachetree.canvas.cluster.band_tasks`) runs the model also on the patch row that
+crosses each of its edges, writes its band of level 0 and of the pyramid levels that lie
+inside the band, and fsyncs a marker; finalising builds the coarser levels on the cluster
+and publishes the images. Bands share no tile, so no seam parts are written ("parts"
+columns). A single process writes the same output.
 
 Variants, each run in its own subprocess:
 
 * ``single``      — one process, ``Canvas(order="row-major")`` with the default budget,
   ``finalize()`` included: the one-machine reference;
 * ``cluster-<n>`` — :func:`cachetree.canvas.cluster.merge_distributed` on a ``LocalCluster`` of
-  ``n`` worker processes (one thread each), tasks of ``--rows-per-task`` patch rows, the
-  final merge in the client; the tree on local disk;
+  ``n`` worker processes (one thread each), band tasks of ``--band`` rows, then
+  :func:`~cachetree.canvas.cluster.finalize_canvas` with the client; the tree on local disk;
 * ``local-<N>`` / ``s3-<N>`` — the same with N workers at ``--s3-size``, on local disk and on
   an S3 server (moto, in its own process on loopback), for the overhead of object storage.
 
 Timed: from the call that merges to the committed node (cluster start-up excluded), split
-into the tasks (on the workers) and the final merge (in the client). Throughput is patches
-per second; scaling is relative to ``cluster-1``. The largest sensible N is the number of
-cores: on a 2-core machine N=2 is the honest maximum (more processes only time-share the
-cores), and the client's final merge competes with nothing but is serial.
+into the tasks (on the workers) and finalising. Throughput is the canvas' patches (each
+once) per second; scaling is relative to ``cluster-1``. The largest sensible N is the number
+of cores: on a 2-core machine N=2 is the honest maximum (more processes only time-share the
+cores, which the client and scheduler share too).
 """
 
 from __future__ import annotations

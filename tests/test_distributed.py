@@ -244,8 +244,48 @@ def test_band_tasks_write_the_output_themselves(client, expected, where, tmp_pat
         finalize_canvas(node, client=client)
     assert node.status is Status.COMMITTED
     assert_matches(node.location, expected)
-    built = [task["key"] for task in stream.data if "_downsample_row" in str(task["key"])]
+    built = [task["key"] for task in stream.data if "_downsample_group" in str(task["key"])]
     assert len(built) >= len(models.HEADS)  # the coarse levels were built by the workers
+
+
+def test_a_killed_band_worker_leaves_its_band_to_the_retry(client, expected, tmp_path):
+    """SIGKILL the worker of a band task once it has written shards of its band: the
+    retry writes them again and the result equals the clean one."""
+    tasks = band_tasks(SHAPE, PATCH, STRIDE, band=128, tile=SPEC.tile)
+    node = CacheTree(tmp_path / "tree").node("merge", params=PARAMS).open()
+    pids = client.run(os.getpid)
+    model = functools.partial(models.model, sleep=0.2)
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["report"] = merge_distributed(
+                node, tasks, model, SPEC, client=client, batch_size=3, progress=False
+            )
+        except BaseException as exc:  # reported by the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    level0 = tmp_path / "tree" / "merge" / ".cachetree-parts" / "canvas-output" / "mask.ome.zarr"
+    victim = None
+    deadline = time.monotonic() + 60
+    while victim is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        shards = list((level0 / "0" / "c").glob("*/*")) if (level0 / "0" / "c").exists() else []
+        busy = [address for address, keys in client.processing().items() if keys]
+        if shards and busy:
+            victim = busy[0]
+    assert victim is not None, "no band was seen half written"
+    os.kill(pids[victim], signal.SIGKILL)
+    thread.join(180)
+    assert not thread.is_alive()
+    if "error" in outcome:
+        raise outcome["error"]
+    assert node.status is Status.COMMITTED
+    assert_matches(node.location, expected)
+    client.wait_for_workers(2, timeout=60)
+    assert len(set(client.run(os.getpid).values()) - set(pids.values())) == 1  # restarted
 
 
 def test_a_plan_mixes_owned_segments_and_seams(client, expected, tmp_path):

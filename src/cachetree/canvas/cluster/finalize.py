@@ -48,9 +48,9 @@ def finalize_canvas(
     The tasks wrote the level-0 segments they own into the output images themselves; here
     the segments that are not owned are written: seams from the spill parts the task
     markers list (only those, in plan order, so parts of killed or failed attempts never
-    count) and empty segments with the fill value. Then every head's pyramid is built (on
-    the cluster of ``client``, one task per shard row, or else in ``workers`` threads
-    here), the images are put in the node as ``<head>.ome.zarr`` with ``canvas.json``, the
+    count) and empty segments with the fill value. Then the coarse pyramid shards no task
+    could make are built (on the cluster of ``client``, in about four tasks per worker, or
+    else in ``workers`` threads here), the images are put in the node as ``<head>.ome.zarr`` with ``canvas.json``, the
     node is committed and every part of the run is removed. Killed before the commit, it
     can simply be run again.
 

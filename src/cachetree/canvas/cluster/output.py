@@ -216,8 +216,8 @@ class OutputImages:
         A shard of level ``k`` was made by a task when every level-0 segment under it has
         that task as owner (``owners``, see
         :func:`~cachetree.canvas.cluster.ownership.segment_owners`); the others are made
-        here, level by level: on the cluster of ``client`` (one task per shard row), or in
-        ``workers`` threads.
+        here, level by level: on the cluster of ``client`` (about four tasks per worker), or
+        in ``workers`` threads.
 
         Returns
         -------
@@ -290,15 +290,16 @@ def _downsample_on_cluster(
     shards: list[tuple[int, ...]],
     options: Mapping[str, Any] | None,
 ) -> None:
-    """Shards ``shards`` of ``level`` on the cluster, one task per shard row."""
+    """Shards ``shards`` of ``level`` on the cluster, in about four groups per worker."""
     from distributed import wait
 
-    rows: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-    for shard in shards:
-        rows.setdefault(shard[:-1], []).append(shard)
+    if not shards:
+        return
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    groups = np.array_split(np.asarray(shards), min(len(shards), 4 * workers))
     futures = client.map(
-        _downsample_row,
-        list(rows.values()),
+        _downsample_group,
+        [[tuple(int(i) for i in shard) for shard in group] for group in groups],
         url=image.location.url,
         options=dict(image.location.fs.storage_options if options is None else options),
         axes="".join(image.axes),
@@ -311,7 +312,7 @@ def _downsample_on_cluster(
         future.result()
 
 
-def _downsample_row(
+def _downsample_group(
     shards: list[tuple[int, ...]],
     *,
     url: str,
