@@ -50,9 +50,9 @@ def finalize_canvas(
     markers list (only those, in plan order, so parts of killed or failed attempts never
     count) and empty segments with the fill value. Then the coarse pyramid shards no task
     could make are built (on the cluster of ``client``, in about four tasks per worker, or
-    else in ``workers`` threads here), the images are put in the node as ``<head>.ome.zarr`` with ``canvas.json``, the
-    node is committed and every part of the run is removed. Killed before the commit, it
-    can simply be run again.
+    else in ``workers`` threads here), the images are put in the node as
+    ``<head>.ome.zarr`` with ``canvas.json``, the node is committed and every part of the
+    run is removed. Killed before the commit, it can simply be run again.
 
     Parameters
     ----------
