@@ -65,7 +65,7 @@ def run_task(
     Runs on a worker (any process that reaches ``node_url``); needs no lock. A task whose
     marker already names complete parts for the same boxes is skipped. Otherwise the model
     is called on the boxes ``batch_size`` at a time, top to bottom, and the patches
-    accumulate in a :class:`~cachetree.canvas.cluster.band.BandCanvas` within the budget:
+    accumulate in a ``BandCanvas`` (``cachetree.canvas.cluster.band``) within the budget:
     the level-0 segments the plan gives this task alone are written, normalised, straight
     into the output images as soon as the patches have passed them (a retry writes the same
     shards again, each replaced in one step); the tiles of seams shared with other tasks go

@@ -136,7 +136,7 @@ def band_tasks(
     """Sliding-window patches over a canvas, one task per horizontal band of ``band`` rows.
 
     The patches are those of :func:`grid_tasks`. A band's task holds every patch that
-    reaches into the band and counts them only inside it (its :attr:`Task.region`), so no
+    reaches into the band and counts them only inside it (its ``region``), so no
     output tile is shared between tasks: each task writes its band of the final image
     itself and nothing has to be summed afterwards. The patch rows that cross a band edge
     are computed by both tasks (one patch row per edge).
