@@ -43,15 +43,20 @@ def watch_tree(
     work: Callable[[Callable[[str], None]], Any],
     *,
     interval: float = 2.0,
+    follow: bool = True,
     run: bool = True,
 ) -> Any:
     """Open napari on the cache tree at ``root`` while ``work`` fills it in.
 
     The Cache tree browser is docked on ``root`` in live mode (listed again every
     ``interval`` seconds), and ``work(say)`` runs in a worker thread with a napari progress
-    bar; each line it passes to ``say`` becomes the bar's text. Used by
-    ``cachetree demo --size N --view``. With ``run=False`` the viewer is returned without
-    entering the Qt event loop.
+    bar; each line it passes to ``say`` becomes the bar's text. With ``follow`` (the
+    default) the viewer follows the pipeline: each node the browser lists is opened once,
+    as a double-click would, as soon as it is committed with images or labels, or, while it
+    is still written, as soon as a canvas it merges has a checkpoint on disk; those layers
+    grow with the merge and become the finished pyramid when the canvas is finalised.
+    Layers the user deletes are not opened again. Used by ``cachetree demo --size N
+    --view``. With ``run=False`` the viewer is returned without entering the Qt event loop.
     """
     from napari.utils.notifications import show_error, show_info
     from qtpy.QtCore import QObject
@@ -59,11 +64,14 @@ def watch_tree(
     import napari
     from cachetree.tree import CacheTree
 
+    from ._follow import Follower
     from ._threads import run_task
 
     CacheTree(root)  # the browser lists the root before the first node is written
     viewer = napari.Viewer(title=f"cachetree: {root}")
     _, browser = viewer.window.add_plugin_dock_widget("cachetree", "Cache tree browser")
+    if follow:
+        Follower(browser, str(root))
     browser.set_root(str(root))
     browser.set_live(True, interval)
     owner = QObject(browser)

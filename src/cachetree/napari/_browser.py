@@ -15,6 +15,7 @@ layers.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -328,18 +329,26 @@ class CacheTreeBrowser(QWidget):
         if row is not None:
             self.open_row(row)
 
-    def open_row(self, row: QTreeWidgetItem) -> None:
-        """Show a node's images, or one item or part, as layers; logs and JSON as text."""
+    def open_row(self, row: QTreeWidgetItem, *, then: Callable[[], None] | None = None) -> None:
+        """Show a node's images, or one item or part, as layers; logs and JSON as text.
+
+        ``then`` is called once the layers are added, or the opening failed.
+        """
         data = row_data(row)
         if self.root is None or data.kind == "parts":
             row.setExpanded(True)
+            if then is not None:
+                then()
             return
         root = self.root
         location = root.join(data.path) if data.path else root
         node = Node(location, root=root)
         label = data.entry.name if data.entry else (data.part.name if data.part else data.path)
         self.status_label.setText(f"opening {label or '/'} …")
-        callbacks = {"on_return": self._opened, "on_error": partial(self._open_failed, label)}
+        callbacks = {
+            "on_return": partial(self._opened, then=then),
+            "on_error": partial(self._open_failed, label, then=then),
+        }
         if data.kind == "node":
             run_in_thread(self, _built, open_node, node, root, **callbacks)
         elif data.kind == "item":
@@ -372,10 +381,14 @@ class CacheTreeBrowser(QWidget):
             on_error=partial(self._open_failed, label),
         )
 
-    def _open_failed(self, label: str, exc: BaseException) -> None:
+    def _open_failed(
+        self, label: str, exc: BaseException, then: Callable[[], None] | None = None
+    ) -> None:
         message = f"cannot open {label or '/'}: {exc}"
         self.status_label.setText(message)
         show_error(message)
+        if then is not None:
+            then()
 
     def show_text(self, text: str) -> None:
         """Show ``text`` in the pane below the tree."""
@@ -396,7 +409,7 @@ class CacheTreeBrowser(QWidget):
         if lower > lower_size:
             self.splitter.setSizes([tree_size + lower_size - lower, lower])
 
-    def _opened(self, opened: Opened) -> None:
+    def _opened(self, opened: Opened, then: Callable[[], None] | None = None) -> None:
         if opened.text is not None:
             self.show_text(opened.text)
             self._make_room_below(opened.text)
@@ -409,9 +422,11 @@ class CacheTreeBrowser(QWidget):
                 self.lower_pane.setCurrentWidget(self.plot_pane)
         self.status_label.setText(f"adding {len(opened.layers)} layer(s) …")
         self._adding += 1
-        add_in_steps(self.viewer, opened.layers, then=partial(self._added, opened))
+        add_in_steps(self.viewer, opened.layers, then=partial(self._added, opened, then=then))
 
-    def _added(self, opened: Opened, layers: list[Any]) -> None:
+    def _added(
+        self, opened: Opened, layers: list[Any], then: Callable[[], None] | None = None
+    ) -> None:
         self._adding -= 1
         if not qt_alive(self):
             return
@@ -426,6 +441,8 @@ class CacheTreeBrowser(QWidget):
             self.status_label.setText("text shown below")
         else:
             self.status_label.setText(f"{len(layers)} layer(s) shown")
+        if then is not None:
+            then()
 
 
 def _disconnect(selection: Any, tree_changed: Any, viewer: Any, inserted: Any, *_: Any) -> None:

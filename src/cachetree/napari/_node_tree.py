@@ -184,10 +184,10 @@ class NodeTree(QTreeWidget):
             parent.addChild(row)
         else:
             parent.insertChild(index, row)
-        self._set_row(row, data)
-        if data.kind == "node":
+        if data.kind == "node":  # known before node_row_set announces it
             self._rows[data.path] = row
             row.setChildIndicatorPolicy(QTreeWidgetItem.ChildIndicatorPolicy.ShowIndicator)
+        self._set_row(row, data)
         return row
 
     def _set_row(self, row: QTreeWidgetItem, data: Row) -> None:
