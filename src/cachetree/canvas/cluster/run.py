@@ -3,8 +3,10 @@ and spill parts (its seams), then its marker."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -45,6 +47,35 @@ def _threads_here() -> int:
         return max(1, int(get_worker().state.nthreads))
     except (ImportError, ValueError, AttributeError):
         return 1
+
+
+MMAP_THRESHOLD = 64 * 2**20
+"""Size from which glibc maps an allocation on its own on the workers (see
+:func:`_reuse_freed_arrays`)."""
+_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
+_tuned: list[bool] = []
+
+
+def _reuse_freed_arrays() -> None:
+    """Let glibc reuse freed arrays of up to :data:`MMAP_THRESHOLD` in this process.
+
+    dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off
+    glibc's adaptive mmap threshold: every array over 128 KiB is then mapped afresh and its
+    pages fault in on first touch, which made a band task about 30 % slower than the same
+    task outside dask (2.4 s against 3.1 s on W1). With the mmap threshold raised, freed
+    arrays are reused from the heap; the trim threshold still hands the heap's free top
+    back to the system. Done once per process; a no-op without glibc.
+    """
+    if _tuned:
+        return
+    _tuned.append(True)
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        log.debug("no glibc mallopt here: the allocator is left as it is")
 
 
 def run_task(
@@ -99,6 +130,7 @@ def run_task(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidDataError(f"batch_size must be a positive integer, got {batch_size!r}")
+    _reuse_freed_arrays()
     loc = Location.from_url(node_url, **dict(storage_options or {}))
     worker = _worker_name()
     plan = require_plan(loc)
