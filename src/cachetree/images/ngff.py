@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dask.array as da
@@ -165,8 +165,8 @@ def write_image(
     check_extra_attrs(extra_attrs)
     version = check_format(format)
     name = name or default_name(loc)
-    target = Location(loc.fs, temp_name(loc.path)) if loc.is_local else loc
-    try:
+
+    def build(target: Location) -> None:
         writer = ImageWriter.create(
             target,
             source.shape,
@@ -191,6 +191,16 @@ def write_image(
             units=units,
             label_source=label_source,
         )
+
+    return _built_in_place(loc, build)
+
+
+def _built_in_place(loc: Location, build: Callable[[Location], None]) -> ImageInfo:
+    """Run ``build`` on a temp folder beside ``loc`` and move it into place (locally; an
+    object store has no partial folders to hide); the metadata of the result."""
+    target = Location(loc.fs, temp_name(loc.path)) if loc.is_local else loc
+    try:
+        build(target)
     except BaseException:
         if loc.is_local:
             target.remove()
@@ -319,18 +329,13 @@ def write_standalone_labels(
     version = check_format(format)
     name = validate_name(name or default_name(loc), what="labels name")
     source = _as_dask(data)
-    target = Location(loc.fs, temp_name(loc.path)) if loc.is_local else loc
-    try:
+
+    def build(target: Location) -> None:
         target.remove()
         zarr.open_group(target.zarr_store(), mode="w", zarr_format=zarr_format_of(version))
         _add_labels(target, name, source, version, **kwargs)
-    except BaseException:
-        if loc.is_local:
-            target.remove()
-        raise
-    if loc.is_local:
-        _move_into_place(target, loc)
-    return read_image(loc)
+
+    return _built_in_place(loc, build)
 
 
 def _add_labels(

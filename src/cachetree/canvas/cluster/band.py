@@ -6,15 +6,15 @@ import concurrent.futures
 from collections.abc import Iterable
 
 from ...fs.location import Location
-from ..base import CanvasBase
 from ..spec import CanvasSpec
 from ..tiles import TileKey
+from ..worker import WorkerCanvas
 from .output import OutputImages, ValueRanges
 
 __all__ = ["BandCanvas"]
 
 
-class BandCanvas(CanvasBase):
+class BandCanvas(WorkerCanvas):
     """Accumulates one task's patches; writes the segments it owns as final output.
 
     Patches are taken top to bottom (the task sorts its boxes), so once the patches have
@@ -55,9 +55,9 @@ class BandCanvas(CanvasBase):
         super().__init__(
             location,
             spec,
+            part_prefix=part_prefix,
             memory_budget=memory_budget,
             workers=workers,
-            spill_prefix=part_prefix,
             preview=preview,
         )
         self._streams = True
@@ -107,10 +107,9 @@ class BandCanvas(CanvasBase):
         self._check_open()
         try:
             self._rows_passed(self.spec.grid[0])
-            self._spill_all()
-        finally:
-            self._shutdown()
-        self._finalized = True
-        return list(self._spills.parts)
+        except BaseException:
+            self.close()
+            raise
+        return super().flush_parts()
 
     _finish = flush_parts
