@@ -18,6 +18,7 @@ from ..images.pyramid import ImageWriter, PyramidAssembler, finite_range
 from ..tree.node import Node
 from .blocks import block_mean
 from .kinds import PROGRESS
+from .ranges import ValueRanges
 from .spec import CanvasSpec
 
 __all__ = ["RowWriter", "finish_head", "publish_image"]
@@ -41,8 +42,7 @@ class RowWriter:
         self._images: dict[str, ImageWriter] = {}
         self._assemblers: dict[str, PyramidAssembler] | None = None
         self._lock = threading.Lock()
-        self._low = {n: np.full(s.channels, np.nan) for n, s in spec.heads.items()}
-        self._high = {n: np.full(s.channels, np.nan) for n, s in spec.heads.items()}
+        self._ranges = ValueRanges(spec)
         self._written: list[str] = []
         self._row_futures: dict[int, list[concurrent.futures.Future[None]]] = {}
         self.rows_final = 0
@@ -98,11 +98,9 @@ class RowWriter:
         """A tile no patch touched: its chunks stay unwritten (they read as the fill value)."""
         fill = self._spec.fill_value
         if math.isfinite(fill):
-            with self._lock:
-                for name, head in self._spec.heads.items():
-                    value = float(np.asarray(fill).astype(head.dtype))
-                    np.fmin(self._low[name], value, out=self._low[name])
-                    np.fmax(self._high[name], value, out=self._high[name])
+            for name, head in self._spec.heads.items():
+                value = np.full(head.channels, float(np.asarray(fill).astype(head.dtype)))
+                self._ranges.add(name, value, value)
         paths = []
         for name, head in self._spec.heads.items():
             for c in range(head.channels):
@@ -146,9 +144,7 @@ class RowWriter:
             lows[c], highs[c] = finite_range(out[c])
             if assembler is not None:
                 assembler.add(0, index, out[c])
-        with self._lock:
-            np.fmin(self._low[name], lows, out=self._low[name])
-            np.fmax(self._high[name], highs, out=self._high[name])
+        self._ranges.add(name, lows, highs)
         self._record(paths)
 
     def _record(self, paths: list[str]) -> None:
@@ -197,14 +193,11 @@ class RowWriter:
     # -- state for checkpoints ------------------------------------------------------------
     def value_ranges(self) -> dict[str, np.ndarray]:
         """Head name to its ``(2, C)`` running (min, max) per channel."""
-        with self._lock:
-            return {h: np.stack([self._low[h], self._high[h]]) for h in self._spec.heads}
+        return self._ranges.stacked()
 
     def restore_value_ranges(self, ranges: dict[str, np.ndarray]) -> None:
         """Continue from the ranges of :meth:`value_ranges`."""
-        for head, low_high in ranges.items():
-            low_high = np.asarray(low_high, np.float64)
-            self._low[head], self._high[head] = low_high[0].copy(), low_high[1].copy()
+        self._ranges.restore(ranges)
 
     def take_written(self) -> list[str]:
         """Local chunk files written since the last call."""
@@ -221,9 +214,7 @@ class RowWriter:
             if assembler is None or not assembler.complete():
                 # resumed run: the levels above 0 are rebuilt from level 0
                 image.build_levels(workers=workers, progress=progress)
-            with self._lock:
-                low, high = self._low[name], self._high[name]
-            finish_head(image, self._spec, name, low, high)
+            finish_head(image, self._spec, name, *self._ranges.get(name))
         for name, image in self._images.items():
             infos[name] = publish_image(image.location, node.item(f"{name}.ome.zarr"))
         return infos

@@ -6,10 +6,11 @@ import concurrent.futures
 from collections.abc import Iterable
 
 from ...fs.location import Location
+from ..ranges import ValueRanges
 from ..spec import CanvasSpec
 from ..tiles import TileKey
 from ..worker import WorkerCanvas
-from .output import OutputImages, ValueRanges
+from .output import OutputImages
 
 __all__ = ["BandCanvas"]
 

@@ -18,7 +18,8 @@ from ...tree.layout import CANVAS_JSON
 from ...tree.node import Node, NodeLike, as_node
 from ...tree.parts import parts_location
 from ..kinds import SPILL_KIND, STAGING
-from .output import OutputImages, ValueRanges
+from ..ranges import ValueRanges
+from .output import OutputImages
 from .ownership import EMPTY
 from .plan import discard_run, require_plan, run_parts, spec_from_plan
 from .seams import write_seams

@@ -11,10 +11,11 @@ from tqdm.auto import tqdm
 
 from ...tree.parts import PartInfo
 from ..normalise import normalise_tile
+from ..ranges import ValueRanges
 from ..spec import CanvasSpec
 from ..spill import SpillRef, add_spilled_tile
 from ..tiles import TileBuffers, TileKey
-from .output import OutputImages, ValueRanges
+from .output import OutputImages
 
 __all__ = ["write_seams"]
 
