@@ -16,7 +16,7 @@ import os
 import posixpath
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -221,10 +221,39 @@ class ShardWriter:
         """
         layout = self.levels[level]
         block = np.asarray(block)
+        region = layout.shard_region(shard) if layout.sharded else layout.chunk_region(shard)
+
+        def chunk_of(chunk: tuple[int, ...]) -> np.ndarray:
+            return block[
+                tuple(
+                    slice(r.start - o.start, r.stop - o.start)
+                    for r, o in zip(layout.chunk_region(chunk), region, strict=True)
+                )
+            ]
+
+        return self.write_shard_chunks(level, shard, chunk_of)
+
+    def write_shard_chunks(
+        self,
+        level: int,
+        shard: Sequence[int],
+        chunk_of: Callable[[tuple[int, ...]], np.ndarray | None],
+    ) -> list[str]:
+        """Store one whole shard (zarr v2: chunk) from its chunks, replacing what was stored.
+
+        ``chunk_of(index)`` gives the valid region of the chunk at ``index`` of the level
+        (leading axes of length 1 may be left out), or None for a chunk holding only the
+        fill value; it is called once per chunk of the shard, so no array the size of the
+        shard is made. Returns the path stored (none when every chunk is None).
+        """
+        layout = self.levels[level]
         if not layout.sharded:
-            return self.write_chunk(level, shard, block)
+            data = chunk_of(tuple(int(i) for i in shard))
+            if data is not None:
+                return self.write_chunk(level, shard, data)
+            self._remove(self._path(layout, shard))
+            return []
         key = (level, tuple(int(i) for i in shard))
-        region = layout.shard_region(shard)
         per = layout.per_shard
         with self._lock:
             stale = self._pending.pop(key, None)
@@ -236,11 +265,9 @@ class ShardWriter:
                 chunk = tuple(s * p + i for s, p, i in zip(shard, per, local, strict=True))
                 if any(c >= g for c, g in zip(chunk, layout.grid, strict=True)):
                     continue
-                sub = tuple(
-                    slice(r.start - o.start, r.stop - o.start)
-                    for r, o in zip(layout.chunk_region(chunk), region, strict=True)
-                )
-                entry.add(local, layout.encode_chunk(block[sub]))
+                data = chunk_of(chunk)
+                block = None if data is None else self._chunk_block(layout, chunk, data)
+                entry.add(local, None if block is None else layout.encode_chunk(block))
         except BaseException:
             entry.discard()
             raise

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -120,42 +120,32 @@ class OutputImages:
         return range(sx * step, min((sx + 1) * step, self.images_columns))
 
     def write_segment(self, ty: int, sx: int, tiles: SegmentTiles, ranges: ValueRanges) -> int:
-        """Write segment ``(ty, sx)`` of every head from its tiles, whole shards at a time,
-        and fold its values into ``ranges``; returns the shards written."""
-        spec, tile = self.spec, self.spec.tile
+        """Write segment ``(ty, sx)`` of every head from its tiles, whole shards at a time
+        (each chunk encoded straight from its tile), and fold its values into ``ranges``;
+        returns the shards written."""
+        spec = self.spec
         columns = self.segment_columns(sx)
-        height = min(tile, spec.shape[0] - ty * tile)
-        width = min(columns.stop * tile, spec.shape[1]) - columns.start * tile
         written = 0
         for name, image in self.images.items():
             head = spec.heads[name]
-            block = np.full((head.channels, height, width), image.fill_value, head.dtype)
+            planes = len(image.axes) == 3
             if any(tiles.get(tx) is None for tx in columns) and math.isfinite(spec.fill_value):
                 fill = float(np.asarray(spec.fill_value).astype(head.dtype))
                 ranges.add(name, np.full(head.channels, fill), np.full(head.channels, fill))
             for tx in columns:
                 outputs = tiles.get(tx)
-                if outputs is None:
-                    continue
-                out = outputs[name]
-                x = (tx - columns.start) * tile
-                block[:, :, x : x + out.shape[-1]] = out
-                low_high = np.array([finite_range(channel) for channel in out])
-                ranges.add(name, low_high[:, 0], low_high[:, 1])
-            layout = image.levels[0]
-            per = layout.per_shard[-1]
+                if outputs is not None:
+                    low_high = np.array([finite_range(channel) for channel in outputs[name]])
+                    ranges.add(name, low_high[:, 0], low_high[:, 1])
+            per = image.levels[0].per_shard[-1]
             for shard_x in range(columns.start // per, -(-columns.stop // per)):
-                x = (shard_x * per - columns.start) * tile
-                part = block[:, :, x : x + per * tile]
                 for c in range(head.channels):
-                    index = (c, ty, shard_x) if len(image.axes) == 3 else (ty, shard_x)
-                    image.write_shard(
-                        0, index, part[c : c + 1] if len(image.axes) == 3 else part[c]
-                    )
+                    index = (c, ty, shard_x) if planes else (ty, shard_x)
+                    image.write_shard_chunks(0, index, _tile_chunks(tiles, name))
                     written += 1
             for c in range(head.channels if name in self._assemblers else 0):
                 for tx in columns:
-                    index = (c, ty, tx) if len(image.axes) == 3 else (ty, tx)
+                    index = (c, ty, tx) if planes else (ty, tx)
                     outputs = tiles.get(tx)
                     chunk = None if outputs is None else outputs[name][c]
                     self._assemblers[name].add(0, index, chunk)
@@ -218,6 +208,17 @@ class OutputImages:
             name: publish_image(image.location, node.item(f"{name}.ome.zarr"))
             for name, image in self.images.items()
         }
+
+
+def _tile_chunks(tiles: SegmentTiles, name: str) -> Callable[[tuple[int, ...]], np.ndarray | None]:
+    """Level-0 chunk ``(c, ty, tx)`` or ``(ty, tx)`` of head ``name``, from the tiles of one
+    tile row (None where no tile is given)."""
+
+    def chunk_of(index: tuple[int, ...]) -> np.ndarray | None:
+        outputs = tiles.get(index[-1])
+        return None if outputs is None else outputs[name][index[0] if len(index) == 3 else 0]
+
+    return chunk_of
 
 
 def _shape(spec: CanvasSpec, name: str) -> tuple[int, ...]:
