@@ -84,9 +84,10 @@ class BandCanvas(WorkerCanvas):
             if (ty, sx) in self._owned:
                 protect = {(ty, tx) for tx in columns}
                 tiles = {tx: self._final_tile((ty, tx), protect, preview=True) for tx in columns}
-                self._writes.append(
-                    self._pool.submit(self._output.write_segment, ty, sx, tiles, self.ranges)
-                )
+                self._writes += [  # one plane per job: the I/O threads encode side by side
+                    self._pool.submit(self._output.write_plane, ty, sx, plane, tiles, self.ranges)
+                    for plane in self._output.planes
+                ]
             else:
                 seams += [(ty, tx) for tx in columns if (ty, tx) in self._store.resident]
         self._spill(seams)

@@ -119,37 +119,50 @@ class OutputImages:
         step = self.segment
         return range(sx * step, min((sx + 1) * step, self.images_columns))
 
+    @property
+    def planes(self) -> list[tuple[str, int]]:
+        """``(head, channel)`` of every plane of the output: what a segment is written by."""
+        return [(name, c) for name, head in self.spec.heads.items() for c in range(head.channels)]
+
     def write_segment(self, ty: int, sx: int, tiles: SegmentTiles, ranges: ValueRanges) -> int:
-        """Write segment ``(ty, sx)`` of every head from its tiles, whole shards at a time
-        (each chunk encoded straight from its tile), and fold its values into ``ranges``;
-        returns the shards written."""
-        spec = self.spec
+        """Write segment ``(ty, sx)`` of every plane (see :meth:`write_plane`); returns the
+        shards written."""
+        return sum(self.write_plane(ty, sx, plane, tiles, ranges) for plane in self.planes)
+
+    def write_plane(
+        self,
+        ty: int,
+        sx: int,
+        plane: tuple[str, int],
+        tiles: SegmentTiles,
+        ranges: ValueRanges,
+    ) -> int:
+        """Write one plane ``(head, channel)`` of segment ``(ty, sx)`` from its tiles, whole
+        shards at a time (each chunk encoded straight from its tile), and fold its values
+        into ``ranges``; returns the shards written. Planes may be written by several
+        threads at once."""
+        name, c = plane
+        spec, image = self.spec, self.images[name]
+        channels = spec.heads[name].channels
         columns = self.segment_columns(sx)
-        written = 0
-        for name, image in self.images.items():
-            head = spec.heads[name]
-            planes = len(image.axes) == 3
-            if any(tiles.get(tx) is None for tx in columns) and math.isfinite(spec.fill_value):
-                fill = float(np.asarray(spec.fill_value).astype(head.dtype))
-                ranges.add(name, np.full(head.channels, fill), np.full(head.channels, fill))
+        planes = len(image.axes) == 3
+        fill = float(np.asarray(spec.fill_value).astype(image.dtype))
+        for tx in columns:
+            outputs = tiles.get(tx)
+            low, high = np.full((2, channels), np.nan)
+            low[c], high[c] = (fill, fill) if outputs is None else finite_range(outputs[name][c])
+            ranges.add(name, low, high)
+        per = image.levels[0].per_shard[-1]
+        shards = range(columns.start // per, -(-columns.stop // per))
+        for shard_x in shards:
+            index = (c, ty, shard_x) if planes else (ty, shard_x)
+            image.write_shard_chunks(0, index, _tile_chunks(tiles, name))
+        if name in self._assemblers:
             for tx in columns:
                 outputs = tiles.get(tx)
-                if outputs is not None:
-                    low_high = np.array([finite_range(channel) for channel in outputs[name]])
-                    ranges.add(name, low_high[:, 0], low_high[:, 1])
-            per = image.levels[0].per_shard[-1]
-            for shard_x in range(columns.start // per, -(-columns.stop // per)):
-                for c in range(head.channels):
-                    index = (c, ty, shard_x) if planes else (ty, shard_x)
-                    image.write_shard_chunks(0, index, _tile_chunks(tiles, name))
-                    written += 1
-            for c in range(head.channels if name in self._assemblers else 0):
-                for tx in columns:
-                    index = (c, ty, tx) if planes else (ty, tx)
-                    outputs = tiles.get(tx)
-                    chunk = None if outputs is None else outputs[name][c]
-                    self._assemblers[name].add(0, index, chunk)
-        return written
+                chunk = None if outputs is None else outputs[name][c]
+                self._assemblers[name].add(0, (c, ty, tx) if planes else (ty, tx), chunk)
+        return len(shards)
 
     def build_coarse_levels(
         self,
