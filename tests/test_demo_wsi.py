@@ -17,7 +17,7 @@ from scipy import ndimage
 from cachetree import CacheTree
 from cachetree.cli import main
 from cachetree.demo.levels import Plane
-from cachetree.demo.model import tissue_boxes
+from cachetree.demo.model import merge_model, read_patches, tissue_boxes
 from cachetree.demo.nuclei import NucleusMask, label_blockwise, nucleus_mask
 from cachetree.demo.slide import SyntheticSlide
 from cachetree.demo.wsi import WsiParams, run_wsi
@@ -77,6 +77,55 @@ def test_patches_cover_only_tissue_so_the_grid_has_gaps(wsi):
     assert f"{run} patches of 256 px" in tree.node("model").load_text("log.txt")
     foreground = np.asarray(tree.node("model").open_image("foreground")[0][::16, ::16])
     assert foreground.min() == 0 and foreground.max() == 255  # no patch there: fill value
+
+
+class RecordedSlide:
+    """A ``(3, h, w)`` slide in memory that records the bytes of every read."""
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels, self.reads = pixels, []
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.pixels.shape
+
+    def __getitem__(self, index):
+        out = self.pixels[index]
+        self.reads.append(out.nbytes)
+        return out
+
+
+def test_patches_are_read_in_runs_of_touching_boxes_padded_past_the_edge():
+    pixels = SyntheticSlide(1500, 0).region(0, 1500, 0, 1500)
+    slide = RecordedSlide(pixels)
+    xs = np.array([0, 224, 448, 1120, 1344])  # a gap between 704 and 1120; the last overhangs
+    boxes = np.column_stack([xs, np.full(5, 1400), xs + 256, np.full(5, 1656)])
+    patches = read_patches(slide, boxes)
+    padded = np.pad(pixels, ((0, 0), (0, 256), (0, 256)), constant_values=255)
+    for patch, (x0, y0, x1, y1) in zip(patches, boxes, strict=True):
+        np.testing.assert_array_equal(patch, np.moveaxis(padded[:, y0:y1, x0:x1], 0, -1))
+    assert slide.reads == [3 * 100 * 704, 3 * 100 * (1500 - 1120)]  # the gap is not read
+
+
+def no_bar(items, **_):
+    return items
+
+
+def test_the_model_reads_the_slide_batch_by_batch_never_a_whole_row(tree):
+    p = WsiParams(size=3000, batch=4)
+    slide = RecordedSlide(SyntheticSlide(p.size, 0).region(0, 600, 0, p.size))
+    mask = np.ones((600 // 32 + 1, p.size // 32 + 1), np.uint8)
+    rows = tissue_boxes(mask, 32, p.size, p.patch, p.stride)[:2]
+    with tree.node("model") as node:
+        done = merge_model(
+            node, slide, rows, batch=p.batch, checkpoint_rows=1, memory_budget=None, bar=no_bar
+        )
+    assert done["patches"] == sum(len(boxes) for boxes in rows) == 2 * 14
+    batch_span = (p.batch - 1) * p.stride + p.patch
+    assert max(slide.reads) == 3 * p.patch * batch_span < 3 * p.patch * p.size // 2
+    assert sum(slide.reads) < 2 * 3 * p.patch * p.size * 1.2  # overlaps read again, no more
+    foreground = tree.node("model").open_image("foreground")[0]
+    assert foreground.shape == (600, p.size)
 
 
 def test_nuclei_ids_are_those_of_a_whole_slide_labelling(wsi):
