@@ -8,14 +8,17 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from cachetree import CacheTree
 from cachetree.cli import main
+from cachetree.demo.density import count_strip
 from cachetree.demo.levels import Plane
 from cachetree.demo.model import merge_model, read_patches, tissue_boxes
 from cachetree.demo.nuclei import NucleusMask, label_blockwise, nucleus_mask
@@ -159,6 +162,39 @@ def test_density_counts_every_nucleus_once(wsi):
     counts = tree.node("density/counts")
     assert counts.manifest.meta["combined"] and not list_parts(counts.location, kind="part")
     assert "2 strips counted by 2 worker processes" in counts.load_text("log.txt")
+
+
+def count_strip_in_memory(tree, width: int) -> tuple[int, dict[str, np.ndarray]]:
+    """Peak bytes allocated while counting rows 256-512 of ``width`` px of nuclei labels (an
+    8 x 8 px nucleus every 64 px, those starting on row 256 touching the strip's top edge),
+    and the part written."""
+
+    def nuclei(y, x):
+        ids = (y // 64) * (width // 64) + x // 64 + 1
+        return np.where((y % 64 < 8) & (x % 64 < 8), ids, 0).astype(np.uint32)
+
+    shape = (768, width)
+    with tree.node(f"nuclei-{width}") as node:
+        node.save_labels("nuclei", da.fromfunction(nuclei, shape=shape, dtype=np.uint32))
+    with tree.node(f"counts-{width}") as counts:
+        tracemalloc.start()
+        try:
+            count_strip(counts.url, node.url, 256, (256, 512), 0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        (part,) = list_parts(counts.location, kind="part")
+        return peak, {name: part.read(name) for name in ("counts", "boundary")}
+
+
+def test_a_density_strip_holds_one_block_of_labels_whatever_the_width(tree):
+    block = 256 * 4096 * 4  # rows of the strip x columns read at a time x uint32
+    narrow, counted = count_strip_in_memory(tree, 2 * 4096)
+    wide, _ = count_strip_in_memory(tree, 8 * 4096)
+    assert wide - narrow < block  # 6 blocks wider, not even one block more held
+    assert counted["counts"].shape == (3, 32)
+    assert counted["counts"].sum() == 3 * 128  # the nuclei starting on rows 320, 384, 448
+    assert list(counted["boundary"][:, 1]) == [64.0] * 128  # on the edge: those of row 256
 
 
 def test_report_has_timings_peak_memory_and_a_plot(wsi):
