@@ -71,7 +71,9 @@ def read_patches(slide: Any, boxes: np.ndarray) -> np.ndarray:
 
 
 def _as_uint8(probability: np.ndarray) -> np.ndarray:
-    return np.rint(probability * 255).astype(np.uint8)
+    """Probabilities x 255 as uint8 (``probability`` is scaled in place)."""
+    probability *= 255
+    return np.rint(probability, out=probability).astype(np.uint8)
 
 
 def _batches(rows: list[np.ndarray], batch: int) -> Iterator[tuple[int, np.ndarray]]:
