@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import os
 import signal
@@ -25,7 +23,6 @@ from cachetree.demo.levels import Plane
 from cachetree.demo.model import merge_model, read_patches, tissue_boxes
 from cachetree.demo.nuclei import NucleusMask, label_blockwise, nucleus_mask
 from cachetree.demo.slide import SyntheticSlide
-from cachetree.demo.stages import return_large_blocks_at_once
 from cachetree.demo.wsi import WsiParams, run_wsi
 from cachetree.tree.parts import list_parts
 
@@ -240,29 +237,41 @@ def test_cli_runs_the_whole_slide_demo(tmp_path, capsys):
         main(["demo", "--size", "12"])
 
 
-class MallInfo2(ctypes.Structure):
-    """glibc's ``struct mallinfo2``."""
+MAPPED_ON_THEIR_OWN = """
+import ctypes, ctypes.util
+import numpy as np
+from cachetree.demo.stages import return_large_blocks_at_once
 
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            *("arena", "ordblks", "smblks", "hblks", "hblkhd"),
-            *("usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"),
-        )
-    ]
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = MallInfo2
+return_large_blocks_at_once()
+large = np.ones(8 * 2**20, np.uint8)  # freed, it makes glibc alone raise its threshold
+del large
+mapped = libc.mallinfo2().hblkhd
+block = np.ones(2**20, np.uint8)
+grown = libc.mallinfo2().hblkhd - mapped
+del block
+print(grown, libc.mallinfo2().hblkhd - mapped)
+"""
 
 
 def test_large_arrays_leave_the_process_as_soon_as_they_are_freed():
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.mallinfo2.restype = MallInfo2
-    return_large_blocks_at_once()
-    large = np.ones(8 * 2**20, np.uint8)  # freed, it makes glibc alone raise its threshold
-    del large
-    mapped = libc.mallinfo2().hblkhd
-    block = np.ones(2**20, np.uint8)
-    assert libc.mallinfo2().hblkhd >= mapped + 2**20  # mapped on its own, not from a heap
-    del block
-    assert libc.mallinfo2().hblkhd == mapped  # and unmapped when freed
+    # a fresh process: in a long-lived one a free block of the heap may serve the array
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", MAPPED_ON_THEIR_OWN], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    grown, left = (int(v) for v in out.stdout.split())
+    assert grown >= 2**20  # mapped on its own, not taken from a heap
+    assert left == 0  # and unmapped when freed
 
 
 # -- kill and resume ---------------------------------------------------------------------------
