@@ -8,16 +8,19 @@ import signal
 import subprocess
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from cachetree import CacheTree
 from cachetree.cli import main
+from cachetree.demo.density import count_strip
 from cachetree.demo.levels import Plane
-from cachetree.demo.model import tissue_boxes
+from cachetree.demo.model import merge_model, read_patches, tissue_boxes
 from cachetree.demo.nuclei import NucleusMask, label_blockwise, nucleus_mask
 from cachetree.demo.slide import SyntheticSlide
 from cachetree.demo.wsi import WsiParams, run_wsi
@@ -79,6 +82,55 @@ def test_patches_cover_only_tissue_so_the_grid_has_gaps(wsi):
     assert foreground.min() == 0 and foreground.max() == 255  # no patch there: fill value
 
 
+class RecordedSlide:
+    """A ``(3, h, w)`` slide in memory that records the bytes of every read."""
+
+    def __init__(self, pixels: np.ndarray):
+        self.pixels, self.reads = pixels, []
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.pixels.shape
+
+    def __getitem__(self, index):
+        out = self.pixels[index]
+        self.reads.append(out.nbytes)
+        return out
+
+
+def test_patches_are_read_in_runs_of_touching_boxes_padded_past_the_edge():
+    pixels = SyntheticSlide(1500, 0).region(0, 1500, 0, 1500)
+    slide = RecordedSlide(pixels)
+    xs = np.array([0, 224, 448, 1120, 1344])  # a gap between 704 and 1120; the last overhangs
+    boxes = np.column_stack([xs, np.full(5, 1400), xs + 256, np.full(5, 1656)])
+    patches = read_patches(slide, boxes)
+    padded = np.pad(pixels, ((0, 0), (0, 256), (0, 256)), constant_values=255)
+    for patch, (x0, y0, x1, y1) in zip(patches, boxes, strict=True):
+        np.testing.assert_array_equal(patch, np.moveaxis(padded[:, y0:y1, x0:x1], 0, -1))
+    assert slide.reads == [3 * 100 * 704, 3 * 100 * (1500 - 1120)]  # the gap is not read
+
+
+def no_bar(items, **_):
+    return items
+
+
+def test_the_model_reads_the_slide_batch_by_batch_never_a_whole_row(tree):
+    p = WsiParams(size=3000, batch=4)
+    slide = RecordedSlide(SyntheticSlide(p.size, 0).region(0, 600, 0, p.size))
+    mask = np.ones((600 // 32 + 1, p.size // 32 + 1), np.uint8)
+    rows = tissue_boxes(mask, 32, p.size, p.patch, p.stride)[:2]
+    with tree.node("model") as node:
+        done = merge_model(
+            node, slide, rows, batch=p.batch, checkpoint_rows=1, memory_budget=None, bar=no_bar
+        )
+    assert done["patches"] == sum(len(boxes) for boxes in rows) == 2 * 14
+    batch_span = (p.batch - 1) * p.stride + p.patch
+    assert max(slide.reads) == 3 * p.patch * batch_span < 3 * p.patch * p.size // 2
+    assert sum(slide.reads) < 2 * 3 * p.patch * p.size * 1.2  # overlaps read again, no more
+    foreground = tree.node("model").open_image("foreground")[0]
+    assert foreground.shape == (600, p.size)
+
+
 def test_nuclei_ids_are_those_of_a_whole_slide_labelling(wsi):
     tree, _, _ = wsi
     model = tree.node("model")
@@ -110,6 +162,39 @@ def test_density_counts_every_nucleus_once(wsi):
     counts = tree.node("density/counts")
     assert counts.manifest.meta["combined"] and not list_parts(counts.location, kind="part")
     assert "2 strips counted by 2 worker processes" in counts.load_text("log.txt")
+
+
+def count_strip_in_memory(tree, width: int) -> tuple[int, dict[str, np.ndarray]]:
+    """Peak bytes allocated while counting rows 256-512 of ``width`` px of nuclei labels (an
+    8 x 8 px nucleus every 64 px, those starting on row 256 touching the strip's top edge),
+    and the part written."""
+
+    def nuclei(y, x):
+        ids = (y // 64) * (width // 64) + x // 64 + 1
+        return np.where((y % 64 < 8) & (x % 64 < 8), ids, 0).astype(np.uint32)
+
+    shape = (768, width)
+    with tree.node(f"nuclei-{width}") as node:
+        node.save_labels("nuclei", da.fromfunction(nuclei, shape=shape, dtype=np.uint32))
+    with tree.node(f"counts-{width}") as counts:
+        tracemalloc.start()
+        try:
+            count_strip(counts.url, node.url, 256, (256, 512), 0)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        (part,) = list_parts(counts.location, kind="part")
+        return peak, {name: part.read(name) for name in ("counts", "boundary")}
+
+
+def test_a_density_strip_holds_one_block_of_labels_whatever_the_width(tree):
+    block = 256 * 4096 * 4  # rows of the strip x columns read at a time x uint32
+    narrow, counted = count_strip_in_memory(tree, 2 * 4096)
+    wide, _ = count_strip_in_memory(tree, 8 * 4096)
+    assert wide - narrow < block  # 6 blocks wider, not even one block more held
+    assert counted["counts"].shape == (3, 32)
+    assert counted["counts"].sum() == 3 * 128  # the nuclei starting on rows 320, 384, 448
+    assert list(counted["boundary"][:, 1]) == [64.0] * 128  # on the edge: those of row 256
 
 
 def test_report_has_timings_peak_memory_and_a_plot(wsi):
@@ -150,6 +235,43 @@ def test_cli_runs_the_whole_slide_demo(tmp_path, capsys):
     assert "report" in out and "committed" in out
     with pytest.raises(SystemExit):
         main(["demo", "--size", "12"])
+
+
+MAPPED_ON_THEIR_OWN = """
+import ctypes, ctypes.util
+import numpy as np
+from cachetree.demo.stages import return_large_blocks_at_once
+
+
+class MallInfo2(ctypes.Structure):  # glibc's struct mallinfo2
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd",
+        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.mallinfo2.restype = MallInfo2
+return_large_blocks_at_once()
+large = np.ones(8 * 2**20, np.uint8)  # freed, it makes glibc alone raise its threshold
+del large
+mapped = libc.mallinfo2().hblkhd
+block = np.ones(2**20, np.uint8)
+grown = libc.mallinfo2().hblkhd - mapped
+del block
+print(grown, libc.mallinfo2().hblkhd - mapped)
+"""
+
+
+def test_large_arrays_leave_the_process_as_soon_as_they_are_freed():
+    # a fresh process: in a long-lived one a free block of the heap may serve the array
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run(
+        [sys.executable, "-c", MAPPED_ON_THEIR_OWN], env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    grown, left = (int(v) for v in out.stdout.split())
+    assert grown >= 2**20  # mapped on its own, not taken from a heap
+    assert left == 0  # and unmapped when freed
 
 
 # -- kill and resume ---------------------------------------------------------------------------

@@ -57,6 +57,13 @@ def _merge_sums(tables: Sequence[np.ndarray]) -> np.ndarray:
     return merged
 
 
+def _edge_ids(block: np.ndarray, *, top: bool, bottom: bool) -> np.ndarray:
+    """The ids on a block's first row (with ``top``) and last row (with ``bottom``), sorted
+    once each, in an array of their own (a view of the rows would keep the block alive)."""
+    rows = [block[0]] * top + [block[-1]] * bottom
+    return np.unique(np.concatenate([np.zeros(0, block.dtype), *rows]))
+
+
 def _add_centroids(grid: np.ndarray, sums: np.ndarray, region: int) -> None:
     cy = (sums[:, 2] / sums[:, 1]) // region
     cx = (sums[:, 3] / sums[:, 1]) // region
@@ -77,7 +84,8 @@ def count_strip(
     for x0 in range(0, width, _COLUMNS):
         block = labels[y0:y1, x0 : x0 + _COLUMNS]
         tables.append(label_sums(block, y0, x0))
-        edges += [block[0] if y0 > 0 else block[:0, 0], block[-1] if y1 < height else block[:0, 0]]
+        edges.append(_edge_ids(block, top=y0 > 0, bottom=y1 < height))
+        del block  # one block of labels at a time: nothing of it is kept
     sums = _merge_sums(tables)
     cut = np.isin(sums[:, 0], np.concatenate(edges))
     grid = np.zeros((-(-height // region), -(-width // region)), np.uint32)

@@ -1,10 +1,10 @@
 """The patch model of the whole-slide demo, run over the tissue and merged by a canvas.
 
 Patches lie on a regular grid; only those over tissue (by the low-resolution tissue mask)
-are run, so the grid has gaps. Patch rows are read from the slide one strip at a time,
-the two-head model of the quick demo runs on batches of them, and a row-major
-:class:`~cachetree.canvas.Canvas` merges the batches, checkpointing every few rows so that
-a killed run resumes where the last checkpoint was made.
+are run, so the grid has gaps. Each batch of patches is read from the slide on its own
+(never a whole row of the slide), the two-head model of the quick demo runs on it, and a
+row-major :class:`~cachetree.canvas.Canvas` merges the batches, checkpointing every few
+rows so that a killed run resumes where the last checkpoint was made.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from ..canvas import Canvas, HeadSpec
 from ..tree.node import Node
 from .quick import patch_model
 
-__all__ = ["HEADS", "merge_model", "tissue_boxes"]
+__all__ = ["HEADS", "merge_model", "read_patches", "tissue_boxes"]
 
 HEADS = {"stains": HeadSpec(3, "uint8"), "foreground": HeadSpec(1, "uint8")}
 """Heads of the merged output: probabilities stored as uint8 (x 255), 4 bytes a pixel."""
@@ -49,17 +49,31 @@ def tissue_boxes(
     return rows
 
 
-def _strip(slide: Any, boxes: np.ndarray, size: int) -> tuple[np.ndarray, int]:
-    """The slide under one row of boxes as ``(h, w, 3)`` uint8 (255 past the edge), and x0."""
-    x0, y0 = int(boxes[0, 0]), int(boxes[0, 1])
-    x1, y1 = int(boxes[-1, 2]), int(boxes[0, 3])
-    pixels = np.asarray(slide[:, y0 : min(y1, size), x0 : min(x1, size)])
-    pad = ((0, 0), (0, y1 - y0 - pixels.shape[1]), (0, x1 - x0 - pixels.shape[2]))
-    return np.moveaxis(np.pad(pixels, pad, constant_values=255), 0, -1), x0
+def read_patches(slide: Any, boxes: np.ndarray) -> np.ndarray:
+    """The slide under boxes of one patch row as ``(N, h, w, 3)`` uint8 (255 past the edge).
+
+    Boxes that touch or overlap (sorted by x0) are read together, one slide read per run of
+    them, so a read spans at most the run's boxes, never the whole row of the slide.
+    """
+    height, width = slide.shape[-2:]
+    y0, y1 = int(boxes[0, 1]), int(boxes[0, 3])
+    patch_h, patch_w = y1 - y0, int(boxes[0, 2] - boxes[0, 0])
+    out = np.full((len(boxes), patch_h, patch_w, 3), 255, np.uint8)
+    gaps = np.flatnonzero(boxes[1:, 0] > boxes[:-1, 2]) + 1
+    for run in np.split(np.arange(len(boxes)), gaps):
+        x0, x1 = int(boxes[run[0], 0]), int(boxes[run[-1], 2])
+        pixels = np.moveaxis(np.asarray(slide[:, y0 : min(y1, height), x0 : min(x1, width)]), 0, -1)
+        for i in run:
+            left = int(boxes[i, 0]) - x0
+            part = pixels[:, left : left + patch_w]
+            out[i, : part.shape[0], : part.shape[1]] = part
+    return out
 
 
 def _as_uint8(probability: np.ndarray) -> np.ndarray:
-    return np.rint(probability * 255).astype(np.uint8)
+    """Probabilities x 255 as uint8 (``probability`` is scaled in place)."""
+    probability *= 255
+    return np.rint(probability, out=probability).astype(np.uint8)
 
 
 def _batches(rows: list[np.ndarray], batch: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -81,14 +95,14 @@ def merge_model(
 ) -> dict[str, Any]:
     """Run the model over the boxes of ``rows`` and merge it into ``node`` (open for writing).
 
-    ``slide`` is the ``(3, size, size)`` uint8 slide, a zarr array (or anything sliced
-    into numpy). Resumes from the canvas checkpoint in ``node`` when there is one. Returns
-    figures for the log: patches run, batches skipped on resume, bytes spilled.
+    ``slide`` is the ``(3, height, width)`` uint8 slide, a zarr array (or anything sliced
+    into numpy); the canvas has its height and width. Resumes from the canvas checkpoint
+    in ``node`` when there is one. Returns figures for the log: patches run, batches
+    skipped on resume, bytes spilled.
     """
-    size = int(slide.shape[-1])
     canvas = Canvas(
         node,
-        (size, size),
+        tuple(int(n) for n in slide.shape[-2:]),
         HEADS,
         weights="gaussian",
         order="row-major",
@@ -99,13 +113,13 @@ def merge_model(
     skip = canvas.batches_done
     batches = list(_batches(rows, batch))
     todo = list(enumerate(batches, 1))[skip:]
-    predict = _predictor(slide, rows)
     with ThreadPoolExecutor(1, thread_name_prefix="demo-model") as ahead:
         # the model runs one batch ahead of the canvas, on a thread: numpy releases the GIL
-        queued = deque((item, ahead.submit(predict, *item[1])) for item in todo[:1])
+        queued = deque((item, ahead.submit(_predict, slide, item[1][1])) for item in todo[:1])
         for index in bar(range(len(todo)), desc="model batches", unit="batch"):
             if index + 1 < len(todo):
-                queued.append((todo[index + 1], ahead.submit(predict, *todo[index + 1][1])))
+                following = todo[index + 1]
+                queued.append((following, ahead.submit(_predict, slide, following[1][1])))
             (done, (row, boxes)), outputs = queued.popleft()
             canvas.add(outputs.result(), boxes)
             last_of_row = done == len(batches) or batches[done][0] != row
@@ -117,22 +131,7 @@ def merge_model(
     return {"patches": patches, "skipped_batches": skip, "spilled_bytes": spilled}
 
 
-def _predictor(slide: Any, rows: list[np.ndarray]) -> Callable[..., dict[str, np.ndarray]]:
-    """``predict(row, boxes)``: the model's uint8 outputs for a batch of patch row ``row``.
-
-    The slide strip under the row is read once for all the row's batches (calls must come in
-    row order, from one thread).
-    """
-    size = int(slide.shape[-1])
-    cache: dict[str, Any] = {"row": -1}
-
-    def predict(row: int, boxes: np.ndarray) -> dict[str, np.ndarray]:
-        if cache["row"] != row:
-            cache["strip"], cache["x0"] = _strip(slide, rows[row], size)
-            cache["row"] = row
-        strip, x0 = cache["strip"], cache["x0"]
-        patch = int(boxes[0, 2] - boxes[0, 0])
-        pixels = np.stack([strip[:, x - x0 : x - x0 + patch] for x in boxes[:, 0]])
-        return {name: _as_uint8(value) for name, value in patch_model(pixels).items()}
-
-    return predict
+def _predict(slide: Any, boxes: np.ndarray) -> dict[str, np.ndarray]:
+    """The model's uint8 outputs for a batch of boxes of one patch row."""
+    outputs = patch_model(read_patches(slide, boxes))
+    return {name: _as_uint8(value) for name, value in outputs.items()}

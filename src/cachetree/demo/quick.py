@@ -101,13 +101,15 @@ def patch_model(rgb_patches: np.ndarray) -> dict[str, np.ndarray]:
         of the optical densities); ``"foreground"``: ``(N, h, w, 1)`` tissue probability.
     """
     od = _OD_OF_UINT8[rgb_patches]  # -log10(max(v, 1) / 255) of each uint8 value
-    stains = np.clip(od @ _RGB_TO_STAINS.astype(np.float32), 0, None)
-    logits = 12.0 * stains
-    logits -= _channel_reduce(np.maximum, logits)
-    probabilities = np.exp(logits)
-    probabilities /= _channel_reduce(np.add, probabilities)
     foreground = 1.0 / (1.0 + np.exp(-25.0 * (_channel_reduce(np.add, od) - 0.25)))
-    return {"stains": probabilities, "foreground": foreground.astype(np.float32)}
+    logits = od @ _RGB_TO_STAINS.astype(np.float32)  # stain amounts, then 12 x them
+    del od  # the stains' steps below work in place: two arrays of the batch's size at most
+    np.clip(logits, 0, None, out=logits)
+    logits *= 12.0
+    logits -= _channel_reduce(np.maximum, logits)
+    probabilities = np.exp(logits, out=logits)
+    probabilities /= _channel_reduce(np.add, probabilities)
+    return {"stains": probabilities, "foreground": foreground.astype(np.float32, copy=False)}
 
 
 def _channel_reduce(ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:

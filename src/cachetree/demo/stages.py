@@ -23,10 +23,23 @@ __all__ = [
     "StageClock",
     "StageRecord",
     "release_free_memory",
+    "return_large_blocks_at_once",
     "stages_figure",
     "tree_cpu_seconds",
     "tree_rss",
 ]
+
+
+_M_MMAP_THRESHOLD = -3
+"""glibc's ``mallopt`` parameter of the mmap threshold."""
+LARGE_BLOCK = 256 * 2**10
+"""Blocks of at least this many bytes are mapped on their own (see
+:func:`return_large_blocks_at_once`)."""
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
 
 
 def release_free_memory() -> None:
@@ -36,10 +49,25 @@ def release_free_memory() -> None:
     arrays are freed) in the process, so without this the arrays a stage freed would still
     count in the resident memory of the stages after it. Elsewhere than glibc it does nothing.
     """
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
+    libc = _libc()
     if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
+
+
+def return_large_blocks_at_once(threshold: int = LARGE_BLOCK) -> None:
+    """Have glibc map every block of ``threshold`` bytes or more on its own, so that it goes
+    back to the system as soon as it is freed (``mallopt(M_MMAP_THRESHOLD)``).
+
+    By default glibc raises that threshold each time a large block is freed, up to 32 MiB;
+    arrays below it then come from heaps, one per thread that allocates, which keep what
+    they once held. A run full of threads (zarr's I/O, dask's, the canvas' writers) then
+    stays resident at the sum of those heaps' high-water marks. Fixing the threshold costs
+    a mapping per large array. Affects the whole process; elsewhere than glibc it does
+    nothing.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
 
 
 def tree_rss(process: psutil.Process) -> int:

@@ -41,7 +41,7 @@ from .levels import Plane, full_resolution
 from .model import merge_model, tissue_boxes
 from .quick import Progress, _bar_class, density_figure
 from .slide import SyntheticSlide, rgb_to_stains
-from .stages import StageClock, release_free_memory, stages_figure
+from .stages import StageClock, release_free_memory, return_large_blocks_at_once, stages_figure
 
 __all__ = ["WsiParams", "run_wsi"]
 
@@ -112,11 +112,18 @@ def run_wsi(
     -------
     tree, clock
         The tree and the stage timings of this run.
+
+    Notes
+    -----
+    The run fixes glibc's mmap threshold of this process at 256 KiB
+    (:func:`~cachetree.demo.stages.return_large_blocks_at_once`), so the arrays a stage's
+    threads free leave the process instead of staying in per-thread heaps.
     """
     params = params or WsiParams()
     if params.strip % params.region:
         raise ValueError(f"strip ({params.strip}) must be a multiple of region ({params.region})")
     bar = _bar_class(progress)
+    return_large_blocks_at_once()  # freed arrays leave the process: see its docstring
     tree = CacheTree(out)
     clock = StageClock()
     run = _Run(tree, params, clock, bar, report)
