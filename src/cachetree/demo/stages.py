@@ -19,6 +19,8 @@ from typing import Any
 
 import psutil
 
+from ..fs.allocator import set_mmap_threshold
+
 __all__ = [
     "StageClock",
     "StageRecord",
@@ -30,8 +32,6 @@ __all__ = [
 ]
 
 
-_M_MMAP_THRESHOLD = -3
-"""glibc's ``mallopt`` parameter of the mmap threshold."""
 LARGE_BLOCK = 256 * 2**10
 """Blocks of at least this many bytes are mapped on their own (see
 :func:`return_large_blocks_at_once`)."""
@@ -65,9 +65,7 @@ def return_large_blocks_at_once(threshold: int = LARGE_BLOCK) -> None:
     a mapping per large array. Affects the whole process; elsewhere than glibc it does
     nothing.
     """
-    libc = _libc()
-    if libc is not None and hasattr(libc, "mallopt"):
-        libc.mallopt(_M_MMAP_THRESHOLD, int(threshold))
+    set_mmap_threshold(threshold)
 
 
 def tree_rss(process: psutil.Process) -> int:

@@ -3,10 +3,8 @@ and spill parts (its seams), then its marker."""
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -15,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ...errors import InvalidDataError
+from ...fs.allocator import set_mmap_threshold
 from ...fs.location import Location
 from ...tree.parts import write_part
 from ..kinds import TASK_KIND
@@ -52,7 +51,6 @@ def _threads_here() -> int:
 MMAP_THRESHOLD = 64 * 2**20
 """Size from which glibc maps an allocation on its own on the workers (see
 :func:`_reuse_freed_arrays`)."""
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt() parameter number
 _tuned: list[bool] = []
 
 
@@ -69,13 +67,7 @@ def _reuse_freed_arrays() -> None:
     if _tuned:
         return
     _tuned.append(True)
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        log.debug("no glibc mallopt here: the allocator is left as it is")
+    set_mmap_threshold(MMAP_THRESHOLD)
 
 
 def run_task(
