@@ -550,8 +550,12 @@ def test_lazy_view_before_finalize_matches_reference(tree, order):
         assert_matches(views["a"][1, 10:50, 5:70].compute(), expected["a"][1, 10:50, 5:70], "f4")
         for i in range(half, len(boxes), 9):
             canvas.add({k: v[i : i + 9] for k, v in values.items()}, boxes[i : i + 9])
+        canvas.checkpoint()
+        unread = open_canvas(node.location)  # made while merging, first read when finished
         canvas.finalize()
         final = open_canvas(node.location)
+        np.testing.assert_array_equal(unread["a"].compute(), final["a"].compute())
+        np.testing.assert_array_equal(unread["m"].compute(), final["m"].compute())
         expected = dense_reference((H, W), heads, [(values, boxes)])
         assert_matches(final["a"].compute(), expected["a"], np.float32)
         assert canvas_state(node.location).finalized

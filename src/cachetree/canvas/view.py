@@ -230,6 +230,7 @@ def _level0_views(loc: Location, parts: list[PartInfo], rows_final: int) -> dict
     views = {}
     for head, head_spec in spec["heads"].items():
         source_array = _HeadSource(
+            node=loc,
             spec=spec,
             head=head,
             head_spec=HeadSpec(head_spec["channels"], head_spec["dtype"]),
@@ -275,6 +276,7 @@ class _HeadSource:
     def __init__(
         self,
         *,
+        node: Location,
         spec: Mapping[str, Any],
         head: str,
         head_spec: HeadSpec,
@@ -284,6 +286,7 @@ class _HeadSource:
         owned: frozenset[tuple[int, int]] = frozenset(),
         output: Location | None = None,
     ):
+        self.node = node
         self.head = head
         self.channels = channels = head_spec.channels
         self.dtype = head_spec.dtype
@@ -337,29 +340,42 @@ class _HeadSource:
         return out if self.ndim == 3 else out[0]
 
     def _tile(self, ty: int, tx: int) -> np.ndarray:
-        T = self.tile
-        th, tw = min(T, self.height - ty * T), min(T, self.width - tx * T)
+        try:
+            return self._tile_while_merging(ty, tx)
+        except (CacheTreeError, OSError) as exc:
+            # The merge moved on since this view was made: the writer consumed the spill part
+            # (its row was written) or finalised the canvas (the staging area is gone).
+            log.debug("canvas view: tile %s changed while reading (%s)", (ty, tx), exc)
+            return self._tile_moved_on(ty, tx)
+
+    def _tile_while_merging(self, ty: int, tx: int) -> np.ndarray:
         if ty < self.rows_final:
             return self._written_tile(self.staging, ty, tx)
         if (ty, tx) in self.owned and self.output is not None:
             return self._written_tile(self.output, ty, tx)
+        T = self.tile
+        th, tw = min(T, self.height - ty * T), min(T, self.width - tx * T)
         refs = self.index.get((ty, tx), [])
         if not refs:
             return np.full((self.channels, th, tw), self.fill, self.dtype)
         sums = np.zeros((th, tw, self.channels), self.acc_dtype)
         weight = np.zeros((th, tw), np.float32)
-        try:
-            for part, ref in refs:
-                add_spilled_tile(part, ref, (ty, tx), T, weight, {self.head: sums})
-        except (CacheTreeError, OSError) as exc:
-            # The writer consumed the part meanwhile (its row was written): show the row.
-            log.debug("canvas view: tile %s changed while reading (%s)", (ty, tx), exc)
-            try:
-                return self._written_tile(self.staging, ty, tx)
-            except Exception:
-                return np.full((self.channels, th, tw), self.fill, self.dtype)
+        for part, ref in refs:
+            add_spilled_tile(part, ref, (ty, tx), T, weight, {self.head: sums})
         fill = self.fill if math.isfinite(self.fill) or self.dtype.kind == "f" else 0
         return normalise_block(sums, weight, self.dtype, fill)
+
+    def _tile_moved_on(self, ty: int, tx: int) -> np.ndarray:
+        """The tile from the finished image, else from the staging rows, else the fill."""
+        final = _read_json(self.node.raw_child(CANVAS_JSON))
+        images = final.get("images", {}) if isinstance(final, dict) else {}
+        written = self.node.join(images[self.head]) if self.head in images else self.staging
+        try:
+            return self._written_tile(written, ty, tx)
+        except (CacheTreeError, OSError):
+            T = self.tile
+            th, tw = min(T, self.height - ty * T), min(T, self.width - tx * T)
+            return np.full((self.channels, th, tw), self.fill, self.dtype)
 
 
 @dataclass(frozen=True)
