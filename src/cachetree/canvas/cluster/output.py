@@ -90,9 +90,10 @@ class OutputImages:
 
     @classmethod
     def open(cls, node: Location, spec: CanvasSpec, *, pyramid: bool = False) -> OutputImages:
-        """The output images the client created (see :meth:`require`); with ``pyramid``,
-        the segments written feed the coarse levels (in a task; never where
-        :meth:`build_coarse_levels` runs, which makes what no task made)."""
+        """The output images the client created, every level of them (see :meth:`require`;
+        no level is looked up); with ``pyramid``, the segments written feed the coarse
+        levels (in a task; never where :meth:`build_coarse_levels` runs, which makes what
+        no task made)."""
         return cls(
             spec,
             {
@@ -101,6 +102,7 @@ class OutputImages:
                     axes=_axes(spec, name),
                     min_size=spec.min_size,
                     join_stored=False,
+                    check_levels=False,
                 )
                 for name in spec.heads
             },
@@ -312,5 +314,6 @@ def _downsample_group(
         max_levels=levels,
         min_size=1,
         join_stored=False,
+        check_levels=False,
     )
     image.downsample_shards(level, shards)
