@@ -44,6 +44,7 @@ from cachetree.cli import main as cli_main
 from cachetree.errors import IncompatibleError, InvalidDataError, KeyLookupError
 from cachetree.fs.location import Location
 from cachetree.images.ngff import open_image
+from cachetree.tree.node import Node
 from cachetree.tree.parts import list_parts, parts_location, remove_part
 from tests.workers import models
 
@@ -302,6 +303,35 @@ def test_output_images_are_hidden_until_the_commit_and_go_with_a_discarded_run(
     assert set(node.item_names()) == {*heads, "canvas.json"}
     assert_matches(node.location, expected)
     assert ".cachetree-parts" not in parts_left(node.location)
+
+
+def test_a_finalize_stopped_before_its_commit_is_run_again(client, expected, tmp_path, monkeypatch):
+    """Finalising stops after writing the images' metadata, before the commit: the node
+    opened again keeps the images (claimed, still hidden) and a new call finishes it."""
+    tasks = band_tasks(SHAPE, PATCH, STRIDE, band=128, tile=SPEC.tile)
+    tree = CacheTree(tmp_path / "tree")
+    node = tree.node("merge", params=PARAMS).open()
+
+    class Stopped(Exception):
+        pass
+
+    def stop(self):
+        raise Stopped
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Node, "commit", stop)
+        with pytest.raises(Stopped):
+            merge_distributed(node, tasks, models.model, SPEC, client=client, progress=False)
+    node.abandon()
+
+    node = tree.node("merge", params=PARAMS).open()
+    assert node.open_mode is OpenMode.RESUMED
+    assert node.item_names() == []  # canvas.json was the node's own; the images are claimed
+    report = merge_distributed(node, tasks, models.model, SPEC, client=client, progress=False)
+    assert (report.computed, report.skipped) == (0, len(tasks))
+    assert node.status is Status.COMMITTED
+    assert set(node.item_names()) == {*(f"{h}.ome.zarr" for h in models.HEADS), "canvas.json"}
+    assert_matches(node.location, expected)
 
 
 def test_a_killed_band_worker_leaves_its_band_to_the_retry(client, expected, tmp_path):
