@@ -44,8 +44,9 @@ __all__ = [
 
 PLAN_PART = "canvas-plan"
 """Name of the plan part."""
-PLAN_VERSION = 2
-"""Version of the plan's layout that this cachetree writes and reads."""
+PLAN_VERSION = 3
+"""Version of the plan's layout that this cachetree writes and reads (3: the output images
+are claimed items of the node, no longer in its parts area)."""
 
 
 def read_json_file(loc: Location) -> dict[str, Any] | None:
