@@ -37,12 +37,14 @@ from cachetree.canvas.cluster import (
     task_status,
 )
 from cachetree.canvas.cluster.ownership import SEAM, segment_owners
+from cachetree.canvas.cluster.plan import discard_run
 from cachetree.canvas.preview import PreviewAccumulator
 from cachetree.canvas.view import open_canvas, open_canvas_pyramid
 from cachetree.cli import main as cli_main
 from cachetree.errors import IncompatibleError, InvalidDataError, KeyLookupError
 from cachetree.fs.location import Location
 from cachetree.images.ngff import open_image
+from cachetree.tree.node import Node
 from cachetree.tree.parts import list_parts, parts_location, remove_part
 from tests.workers import models
 
@@ -248,6 +250,90 @@ def test_band_tasks_write_the_output_themselves(client, expected, where, tmp_pat
     assert len(built) >= len(models.HEADS)  # the coarse levels were built by the workers
 
 
+def test_finalising_band_tasks_on_s3_copies_no_image_data(client, expected, s3_root):
+    """The band tasks write level 0 in place in the node: finalising writes the metadata
+    and the coarse levels no task could make, and never puts a level-0 object (the bucket
+    keeps every version of every object, so a rewrite or a copy would show)."""
+    import boto3
+
+    bucket = s3_root.removeprefix("s3://")
+    s3 = boto3.client("s3", endpoint_url=os.environ["FSSPEC_S3_ENDPOINT_URL"])
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+
+    def level0_versions() -> set[tuple[str, str]]:
+        pages = s3.get_paginator("list_object_versions").paginate(Bucket=bucket)
+        return {
+            (v["Key"], v["VersionId"])
+            for page in pages
+            for v in page.get("Versions", [])
+            if ".ome.zarr/0/c/" in v["Key"] and "/canvas-staging/" not in v["Key"]  # preview
+        }
+
+    tasks = band_tasks(SHAPE, PATCH, STRIDE, band=128, tile=SPEC_S3.tile)
+    node = CacheTree(s3_root).node("merge", params=PARAMS).open()
+    merge_distributed(
+        node, tasks, models.model, SPEC_S3, client=client, finalize=False, progress=False
+    )
+    before = level0_versions()
+    assert {key.split("/")[1] for key, _ in before} == {f"{h}.ome.zarr" for h in models.HEADS}
+    finalize_canvas(node, client=client)
+    assert node.status is Status.COMMITTED
+    assert level0_versions() == before
+    assert_matches(node.location, expected)
+
+
+def test_output_images_are_hidden_until_the_commit_and_go_with_a_discarded_run(
+    client, expected, tmp_path
+):
+    from cachetree.napari._listing import node_items
+
+    tasks = band_tasks(SHAPE, PATCH, STRIDE, band=128, tile=SPEC.tile)
+    heads = {f"{h}.ome.zarr" for h in models.HEADS}
+    node = CacheTree(tmp_path / "tree").node("merge", params=PARAMS).open()
+    merge_distributed(
+        node, tasks, models.model, SPEC, client=client, finalize=False, progress=False
+    )
+    assert heads <= set(os.listdir(tmp_path / "tree" / "merge"))  # written in place...
+    assert node.item_names() == [] and node_items(node) == []  # ...not the node's items yet
+    discard_run(node.location)
+    assert not heads & set(os.listdir(tmp_path / "tree" / "merge"))
+
+    merge_distributed(node, tasks, models.model, SPEC, client=client, progress=False)
+    assert node.status is Status.COMMITTED
+    assert set(node.item_names()) == {*heads, "canvas.json"}
+    assert_matches(node.location, expected)
+    assert ".cachetree-parts" not in parts_left(node.location)
+
+
+def test_a_finalize_stopped_before_its_commit_is_run_again(client, expected, tmp_path, monkeypatch):
+    """Finalising stops after writing the images' metadata, before the commit: the node
+    opened again keeps the images (claimed, still hidden) and a new call finishes it."""
+    tasks = band_tasks(SHAPE, PATCH, STRIDE, band=128, tile=SPEC.tile)
+    tree = CacheTree(tmp_path / "tree")
+    node = tree.node("merge", params=PARAMS).open()
+
+    class Stopped(Exception):
+        pass
+
+    def stop(self):
+        raise Stopped
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Node, "commit", stop)
+        with pytest.raises(Stopped):
+            merge_distributed(node, tasks, models.model, SPEC, client=client, progress=False)
+    node.abandon()
+
+    node = tree.node("merge", params=PARAMS).open()
+    assert node.open_mode is OpenMode.RESUMED
+    assert node.item_names() == []  # canvas.json was the node's own; the images are claimed
+    report = merge_distributed(node, tasks, models.model, SPEC, client=client, progress=False)
+    assert (report.computed, report.skipped) == (0, len(tasks))
+    assert node.status is Status.COMMITTED
+    assert set(node.item_names()) == {*(f"{h}.ome.zarr" for h in models.HEADS), "canvas.json"}
+    assert_matches(node.location, expected)
+
+
 def test_a_killed_band_worker_leaves_its_band_to_the_retry(client, expected, tmp_path):
     """SIGKILL the worker of a band task once it has written shards of its band: the
     retry writes them again and the result equals the clean one."""
@@ -267,7 +353,7 @@ def test_a_killed_band_worker_leaves_its_band_to_the_retry(client, expected, tmp
 
     thread = threading.Thread(target=run)
     thread.start()
-    level0 = tmp_path / "tree" / "merge" / ".cachetree-parts" / "canvas-output" / "mask.ome.zarr"
+    level0 = tmp_path / "tree" / "merge" / "mask.ome.zarr"
     victim = None
     deadline = time.monotonic() + 60
     while victim is None and time.monotonic() < deadline:

@@ -222,10 +222,11 @@ class RowWriter:
 
 def finish_head(
     image: ImageWriter, spec: CanvasSpec, name: str, low: np.ndarray, high: np.ndarray
-) -> None:
+) -> ImageInfo:
     """Write the OME-NGFF metadata of head ``name``'s image: its value range per channel
-    (``low``, ``high``: NaN where no finite value), channel names and physical scale."""
-    image.finish(
+    (``low``, ``high``: NaN where no finite value), channel names and physical scale;
+    returns the image's metadata (no pixel is read)."""
+    return image.finish(
         low=low if len(low) > 1 else low[0],
         high=high if len(high) > 1 else high[0],
         name=name,

@@ -30,7 +30,7 @@ from ..images.ngff import open_image
 from ..tree.node import NodeLike, location_of
 from ..tree.parts import PartInfo, list_parts, parts_location
 from .checkpoint import newest_checkpoint
-from .cluster.output import OUTPUT
+from .cluster.output import OutputImages
 from .kinds import (
     CANVAS_JSON,
     CHECKPOINT_KIND,
@@ -238,7 +238,7 @@ def _level0_views(loc: Location, parts: list[PartInfo], rows_final: int) -> dict
             rows_final=rows_final if has_staging else 0,
             staging=staging.raw_child(f"{head}.ome.zarr"),
             owned=owned,
-            output=parts_location(loc).raw_child(OUTPUT).raw_child(f"{head}.ome.zarr"),
+            output=OutputImages.image_location(loc, head),
         )
         chunks = (tile, tile) if source_array.ndim == 2 else (source_array.shape[0], tile, tile)
         views[head] = da.from_array(

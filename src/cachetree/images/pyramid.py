@@ -167,11 +167,14 @@ class ImageWriter(ShardWriter):
         max_levels: int | None = None,
         labels: bool = False,
         join_stored: bool = True,
+        check_levels: bool = True,
     ) -> ImageWriter:
         """Continue writing the image at ``location`` (its level ``"0"`` must exist).
 
         Missing pyramid levels are created (empty), so a level 0 written by anything that
-        follows this layout can get its pyramid with :meth:`build_levels`. With
+        follows this layout can get its pyramid with :meth:`build_levels`; without
+        ``check_levels`` they are taken to exist as planned, and nothing is looked up (an
+        image :meth:`create` made, on an object store where each look costs requests). With
         ``join_stored`` (the default), chunks written one at a time join those their shard
         holds already; without it, each shard is written whole by this writer (e.g. one of
         many processes that each write whole shards of their own) and nothing is read.
@@ -205,9 +208,10 @@ class ImageWriter(ShardWriter):
                 dimension_names=axes_t,
                 codec=level0.codec,
             )
-            existing = group.get(layout.path)
-            if existing is None or tuple(existing.shape) != level_shape:
-                layout.create(group)
+            if check_levels:
+                existing = group.get(layout.path)
+                if existing is None or tuple(existing.shape) != level_shape:
+                    layout.create(group)
             levels.append(layout)
         return cls(loc, axes=axes_t, levels=levels, labels=labels, existing=join_stored)
 

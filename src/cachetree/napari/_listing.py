@@ -16,7 +16,7 @@ from cachetree.tree.inventory import classify_dir, classify_file, is_own_entry
 from cachetree.tree.layout import MANIFEST
 from cachetree.tree.manifest import Status
 from cachetree.tree.node import Node
-from cachetree.tree.parts import PartInfo, list_parts
+from cachetree.tree.parts import PartInfo, claimed_items, list_parts
 from cachetree.tree.walk import NodeInfo, walk
 
 
@@ -52,17 +52,20 @@ def node_items(node: Node, info: NodeInfo | None = None) -> list[ItemEntry]:
     """The items of ``node``: the manifest's inventory once committed, else a light listing.
 
     While a node is being written its items are classified from their names and zarr
-    metadata only (no sizes), so an in-progress node can be inspected without walking data.
+    metadata only (no sizes), so an in-progress node can be inspected without walking data;
+    items a run writes in place are left out until it is done (see
+    :func:`~cachetree.tree.parts.claim_items`).
     """
     manifest = info.manifest if info is not None else None
     status = info.status if info is not None else node.status
     if manifest is not None and status is Status.COMMITTED:
         return [_entry(name, meta) for name, meta in sorted(manifest.items.items())]
-    children = set(info.children) if info is not None else set(node.child_names())
+    hidden = set(info.children) if info is not None else set(node.child_names())
+    hidden |= claimed_items(node.location)
     entries = []
     for entry in node.location.ls(detail=True):
         name = posixpath.basename(entry["name"].rstrip("/"))
-        if name in children or is_own_entry(name):
+        if name in hidden or is_own_entry(name):
             continue
         if entry["type"] == "directory":
             meta = classify_dir(node.location.raw_child(name))

@@ -29,6 +29,7 @@ from ..tree.keyed import (
 from ..tree.manifest import Manifest, Status, update_meta
 from ..tree.node import Node, NodeLike, as_node
 from ..tree.parts import (
+    CLAIM_KIND,
     PART_MARKER,
     PartInfo,
     list_parts,
@@ -149,12 +150,18 @@ def check_merge(
                     f"store {name!r}: key {e['key']!r} exists in both (pass "
                     "on_conflict='skip' or 'replace')"
                 )
-    t_parts = {p.name: p for p in list_parts(target.location)}
-    for p in list_parts(source.location):
+    t_parts = {p.name: p for p in _carried_parts(target.location)}
+    for p in _carried_parts(source.location):
         q = t_parts.get(p.name)
         if q is not None and on_conflict == "error" and not _same_part(p, q):
             diffs.append(f"part {p.name!r} ({p.kind}) exists in both with different content")
     return diffs
+
+
+def _carried_parts(node: Location) -> list[PartInfo]:
+    """The parts of a node that merge and split carry over: all but a claim of items, which
+    names items of that node alone."""
+    return [p for p in list_parts(node) if p.kind != CLAIM_KIND]
 
 
 def _copy_part(part: PartInfo, node: Location) -> None:
@@ -218,8 +225,8 @@ def merge(
                         continue
                     data = s_store.location.raw_child(e["file"]).read_bytes()
                     t_store.put_file(e["key"], data, e["shape"], e["dtype"], e.get("parts", ()))
-        t_parts = {p.name: p for p in list_parts(target.location)}
-        for p in list_parts(source.location):
+        t_parts = {p.name: p for p in _carried_parts(target.location)}
+        for p in _carried_parts(source.location):
             q = t_parts.get(p.name)
             if q is not None and (on_conflict == "skip" or _same_part(p, q)):
                 continue
@@ -312,7 +319,7 @@ def split(
     if problems:
         raise InvalidDataError(f"cannot split {node.url}: " + "; ".join(problems))
 
-    all_parts = list_parts(node.location)
+    all_parts = _carried_parts(node.location)
     combiner = get_combiner(node)
     for out, keys in plan.items():
         t = targets[out].open()

@@ -45,7 +45,7 @@ from .keyed import INVENTORY, STORE_SUFFIX, combined_part_ids, read_inventory
 from .layout import CANVAS_JSON, LOCK, MANIFEST, PARTS
 from .lock import LockInfo, acquire_lock, release_lock
 from .manifest import Status, read_manifest
-from .parts import list_parts, part_id, uncommitted_parts, writer_of_part
+from .parts import claimed_items, list_parts, part_id, uncommitted_parts, writer_of_part
 from .walk import NodeInfo, walk
 
 __all__ = ["LOCK_GRACE", "PART_GRACE", "YOUNG", "CleanEntry", "CleanPlan", "plan_clean"]
@@ -228,14 +228,15 @@ def format_bytes(n: int | None) -> str:
 
 
 def _own_entries(loc: Location, info: NodeInfo, *, keep_parts: bool) -> list[Location]:
-    """Files and folders of an uncommitted node that are not its child nodes.
+    """Files and folders of an uncommitted node that are not its child nodes (nor, with
+    ``keep_parts``, its parts area and the items a run claimed).
 
     A folder holding a manifest or a lock (or one being written) is a child node being
     created, and an empty folder younger than :data:`YOUNG` may become one: both are kept.
     """
     keep = set(info.children) | {MANIFEST, LOCK}
     if keep_parts:
-        keep.add(PARTS)
+        keep |= {PARTS, *claimed_items(loc)}
     now = time.time()
     own = []
     for entry in loc.ls(detail=True):

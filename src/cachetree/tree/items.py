@@ -21,6 +21,7 @@ from ..fs.writer import AsyncWriter
 from .fingerprint import to_jsonable
 from .inventory import is_own_entry, scan_items
 from .manifest import Manifest, Status, now_iso
+from .parts import claimed_items
 
 __all__ = ["NodeItems"]
 
@@ -245,15 +246,16 @@ class NodeItems:
 
     # -- reading items ----------------------------------------------------------------
     def item_names(self) -> list[str]:
-        """Items of the node (from the inventory when committed, else by listing)."""
+        """Items of the node (from the inventory when committed, else by listing, without
+        the items a run still writes in place: see :func:`~cachetree.tree.parts.claim_items`)."""
         try:
             manifest = self.manifest
         except CorruptManifestError:
             manifest = None
         if manifest is not None and manifest.status is Status.COMMITTED:
             return sorted(manifest.items)
-        children = set(self.child_names())
-        return sorted(n for n in self.location.ls() if n not in children and not is_own_entry(n))
+        hidden = set(self.child_names()) | claimed_items(self.location)
+        return sorted(n for n in self.location.ls() if n not in hidden and not is_own_entry(n))
 
     def _find(self, name: str, suffixes: Iterable[str] = ("",)) -> Location:
         names = set(self.location.ls())

@@ -26,6 +26,7 @@ from .items import NodeItems
 from .layout import LOCK, MANIFEST, PARTS
 from .lock import acquire_lock, break_lock, read_lock, release_lock
 from .manifest import Manifest, Status, now_iso, read_manifest, update_meta, write_manifest
+from .parts import claimed_items
 
 __all__ = [
     "Node",
@@ -223,8 +224,9 @@ class Node(NodeItems):
         """Initialise the node: reuse it if committed and current, else (re)open it for writing.
 
         Re-opening an uncommitted node discards only its own partial files: child nodes are
-        kept (committed ones are reused when opened again), and so are committed parts when
-        the parameters did not change.
+        kept (committed ones are reused when opened again), and so are committed parts (with
+        the items a run claimed, see :func:`~cachetree.tree.parts.claim_items`) when the
+        parameters did not change.
 
         Returns
         -------
@@ -344,9 +346,11 @@ class Node(NodeItems):
         return parent
 
     def _discard_own_files(self, *, keep_parts: bool) -> None:
-        children = set(self.child_names())
+        keep = set(self.child_names()) | {MANIFEST, LOCK}
+        if keep_parts:
+            keep |= {PARTS, *claimed_items(self.location)}
         for name in self.location.ls():
-            if name in children or name in (MANIFEST, LOCK) or (keep_parts and name == PARTS):
+            if name in keep:
                 continue
             self.location.raw_child(name).remove()
 

@@ -33,13 +33,19 @@ from .lock import LockInfo, parse_lock
 from .manifest import now_iso
 
 __all__ = [
+    "CLAIM_KIND",
+    "CLAIM_PART",
     "PART_MARKER",
     "WRITER_FILE",
     "PartInfo",
+    "claim_items",
+    "claimed_items",
     "list_parts",
     "parse_marker",
     "part_id",
     "parts_location",
+    "release_items",
+    "remove_claimed_items",
     "remove_part",
     "remove_parts",
     "uncommitted_parts",
@@ -49,6 +55,12 @@ __all__ = [
 
 
 PART_MARKER = "part.json"
+
+CLAIM_PART = "_claimed-items"
+"""Name of the part listing the items a run writes in place (see :func:`claim_items`)."""
+
+CLAIM_KIND = "claimed-items"
+"""Kind of that part: it holds no arrays, its ``meta["items"]`` names the items."""
 
 WRITER_FILE = "writer.json"
 """Written into a part directory before any array by writers that record themselves
@@ -189,16 +201,71 @@ def write_part(
         finally:
             if own:
                 active.close()
-        info = {
-            "key": to_jsonable(key),
-            "kind": kind,
-            "arrays": summary,
-            "meta": to_jsonable(dict(meta or {})),
-            "created": now_iso(),
-            "writer": {"host": socket.gethostname(), "pid": os.getpid()},
-        }
+        info = _marker_record(key, kind, summary, meta)
         marker.write_text(json.dumps(info))
         return PartInfo(loc, name, **info)
+
+
+def _marker_record(
+    key: Any, kind: str, arrays: dict[str, dict[str, Any]], meta: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """What a part marker holds."""
+    return {
+        "key": to_jsonable(key),
+        "kind": kind,
+        "arrays": arrays,
+        "meta": to_jsonable(dict(meta or {})),
+        "created": now_iso(),
+        "writer": {"host": socket.gethostname(), "pid": os.getpid()},
+    }
+
+
+def _claim_marker(node: Location) -> Location:
+    return parts_location(node).raw_child(CLAIM_PART).raw_child(PART_MARKER)
+
+
+def claim_items(node: Location, names: Iterable[str]) -> None:
+    """Record that the items ``names`` of the node at ``node`` are written in place by the
+    run whose parts the node holds (call it before writing them; items claimed before stay
+    claimed).
+
+    Until the run releases them (:func:`release_items`) they are not listed among the
+    node's items while it is open, re-opening the node with its parts keeps them, and
+    :func:`remove_claimed_items` removes them with the run. Committing the node inventories
+    them as any other item.
+    """
+    with storage_errors(node):
+        claimed = claimed_items(node)
+        items = claimed | {validate_name(n, what="item name") for n in names}
+        if items == claimed:
+            return
+        record = _marker_record(None, CLAIM_KIND, {}, {"items": sorted(items)})
+        _claim_marker(node).write_text(json.dumps(record))
+
+
+def claimed_items(node: Location) -> frozenset[str]:
+    """The items of the node at ``node`` that a run claimed (see :func:`claim_items`)."""
+    marker = _claim_marker(node)
+    try:
+        info = parse_marker(marker.read_bytes(), where=f"item claim {marker.url}")
+    except (NodeNotFoundError, CorruptRecordError, IsADirectoryError, NotADirectoryError):
+        return frozenset()
+    items = info.get("meta", {}).get("items")
+    if not isinstance(items, list):
+        return frozenset()
+    return frozenset(n for n in items if isinstance(n, str))
+
+
+def release_items(node: Location) -> None:
+    """Make the claimed items of the node at ``node`` ordinary items (the claim goes)."""
+    remove_parts(parts_location(node), [CLAIM_PART])
+
+
+def remove_claimed_items(node: Location) -> None:
+    """Remove the claimed items of the node at ``node``, then the claim."""
+    for name in sorted(claimed_items(node)):
+        node.raw_child(name).remove()
+    release_items(node)
 
 
 def _read_markers(locations: list[Location]) -> dict[str, bytes]:

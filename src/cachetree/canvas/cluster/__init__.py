@@ -6,14 +6,16 @@ not done yet to the cluster; on a worker, :func:`run_task` calls the model on th
 boxes batch by batch, accumulates the patches in a :class:`~cachetree.canvas.WorkerCanvas`
 bounded by the per-worker memory budget, writes its state as immutable spill parts into the
 node and finally writes a **task marker** naming exactly those parts. The client process
-then sums, for every tile, the contributions the markers list, normalises them and writes
-each head as OME-Zarr with a pyramid into the node, commits it and removes the parts
-(:func:`finalize_canvas`).
+then sums, for every tile, the contributions the markers list, normalises them, writes them
+and the pyramids into the output images, writes their metadata, commits the node and removes
+the parts (:func:`finalize_canvas`).
 
-Workers take no lock and never write outside ``.cachetree-parts``: the process that opened
-the node holds its lock, workers only add parts (each its own directory, committed by its
-``part.json``). The node can live on a disk every worker mounts or on an object store
-(``s3://``, ``gs://``, ...), as long as every worker reaches it with the same URL.
+Workers take no lock: the process that opened the node holds it, workers only add parts (each
+its own directory, committed by its ``part.json``) and write shards into the output images,
+which the client created in place in the node and claimed for the run (see
+:func:`~cachetree.tree.parts.claim_items`). The node can live on a disk every worker mounts
+or on an object store (``s3://``, ``gs://``, ...), as long as every worker reaches it with
+the same URL.
 
 Faults: parts of an attempt that died (worker killed, task error) are never named by a
 marker, so they are ignored and removed after the commit; dask re-runs the lost task (the
@@ -24,6 +26,11 @@ what, nor on retries: contributions are summed in plan order.
 
 On-disk layout inside the node, besides what :class:`~cachetree.canvas.Canvas` writes::
 
+    <head>.ome.zarr                                the output images (every level, written in
+                                                   place; metadata last, when finalising)
+    .cachetree-parts/_claimed-items/part.json      the claim of the output images: hidden from
+                                                   the node's listing until finalised, removed
+                                                   with the run when it is discarded
     .cachetree-parts/canvas-plan/                  the plan (kind "canvas-plan"): canvas spec,
         part.json, weights.npy or shape.npy        finalize options, [task id, digest] list
     .cachetree-parts/task-<id>-<attempt>-<seq>/    spill part (kind "canvas-spill") of one

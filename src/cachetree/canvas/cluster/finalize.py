@@ -1,6 +1,6 @@
 """Finalising a cluster merge: the seams the task markers list are summed into the output
-images, their pyramids built, the images published, the node committed and the run's
-parts removed."""
+images, their pyramids built and metadata written, the node committed and the run's parts
+removed."""
 
 from __future__ import annotations
 
@@ -51,9 +51,10 @@ def finalize_canvas(
     markers list (only those, in plan order, so parts of killed or failed attempts never
     count) and empty segments with the fill value. Then the coarse pyramid shards no task
     could make are built (on the cluster of ``client``, in about four tasks per worker, or
-    else in ``workers`` threads here), the images are put in the node as
-    ``<head>.ome.zarr`` with ``canvas.json``, the node is committed and every part of the
-    run is removed. Killed before the commit, it can simply be run again.
+    else in ``workers`` threads here), the metadata of the images (the node's items
+    ``<head>.ome.zarr`` from the start) and ``canvas.json`` are written, the node is
+    committed and every part of the run is removed, the images' claim last. Killed before
+    the commit, it can simply be run again.
 
     Parameters
     ----------
@@ -144,7 +145,7 @@ def _finalize(node: Node, options: _Options) -> dict[str, ImageInfo]:
         workers=options.workers,
         progress=options.progress,
     )
-    infos = output.publish(node, ranges)
+    infos = output.write_metadata(ranges)
     node.save_json(
         CANVAS_JSON,
         {
@@ -156,7 +157,7 @@ def _finalize(node: Node, options: _Options) -> dict[str, ImageInfo]:
     )
     if options.commit:
         node.commit()
-    removed = discard_run(loc)
+    removed = discard_run(loc, keep_images=True)
     parts_location(loc).raw_child(STAGING).remove()
     parts_dir = parts_location(loc)
     if not [n for n in parts_dir.ls() if TMP_MARK not in n]:

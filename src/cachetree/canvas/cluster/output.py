@@ -1,11 +1,13 @@
-"""The output images of a cluster merge, in the run's parts area until they are published.
+"""The output images of a cluster merge, written in place in the node.
 
-The client creates one image per head (every pyramid level, empty) in
-``.cachetree-parts/canvas-output/<head>.ome.zarr`` when it writes the plan. Tasks write the
-level-0 segments they own into it, whole shards at a time, each shard put in place in one
-step (a rename, or one object put); finalising writes the seams and the empty segments,
-builds the coarse levels (on the cluster when there is one, one shard row per task) and
-publishes the images into the node.
+The client creates one image per head (every pyramid level, empty) as the node's item
+``<head>.ome.zarr`` when it writes the plan, after claiming those items for the run (see
+:func:`~cachetree.tree.parts.claim_items`: hidden from the node's listing until the run is
+done, removed with the run when it is discarded). Tasks write the level-0 segments they own
+into it, whole shards at a time, each shard put in place in one step (a rename, or one
+object put); finalising writes the seams and the empty segments, builds the coarse levels
+(on the cluster when there is one, one shard row per task) and writes the metadata: no data
+is copied.
 """
 
 from __future__ import annotations
@@ -22,16 +24,12 @@ from ...errors import NodeNotFoundError
 from ...fs.location import Location
 from ...images.ngff import ImageInfo
 from ...images.pyramid import ImageWriter, PyramidAssembler, finite_range
-from ...tree.node import Node
-from ...tree.parts import parts_location
+from ...tree.parts import claim_items, claimed_items
 from ..ranges import ValueRanges
-from ..rows import finish_head, publish_image
+from ..rows import finish_head
 from ..spec import CanvasSpec
 
-__all__ = ["OUTPUT", "OutputImages"]
-
-OUTPUT = "canvas-output"
-"""Folder of the output images in the node's parts area."""
+__all__ = ["OutputImages"]
 
 SegmentTiles = Mapping[int, Mapping[str, np.ndarray] | None]
 """Tile column to each head's normalised ``(C, h, w)`` tile, or None (the fill value)."""
@@ -55,21 +53,27 @@ class OutputImages:
         )
 
     @staticmethod
-    def location(node: Location) -> Location:
-        """Where the output images of the node at ``node`` are made."""
-        return parts_location(node).raw_child(OUTPUT)
+    def item_name(head: str) -> str:
+        """Name of the node's item holding head ``head``'s image."""
+        return f"{head}.ome.zarr"
+
+    @classmethod
+    def image_location(cls, node: Location, head: str) -> Location:
+        """Where head ``head``'s image of the node at ``node`` is made."""
+        return node.join(cls.item_name(head))
 
     @classmethod
     def require(cls, node: Location, spec: CanvasSpec, ngff_format: str | None) -> OutputImages:
-        """The output images of the node, created empty where missing or of another shape."""
+        """The output images of the node, claimed for the run and created empty where the
+        run had none yet or one of another shape (an image the run claimed before is
+        opened, keeping what its tasks wrote; the others are created without looking)."""
+        claimed = claimed_items(node)
+        claim_items(node, [cls.item_name(name) for name in spec.heads])
         images = {}
         for name, head in spec.heads.items():
-            location = cls.location(node).raw_child(f"{name}.ome.zarr")
+            location = cls.image_location(node, name)
             shape = _shape(spec, name)
-            try:
-                image = ImageWriter.open(location, axes=_axes(spec, name), min_size=spec.min_size)
-            except NodeNotFoundError:
-                image = None
+            image = _reopen(location, spec, name) if cls.item_name(name) in claimed else None
             if image is None or image.shape != shape or image.dtype != head.dtype:
                 fill = int(spec.fill_value) if head.dtype.kind in "iu" else spec.fill_value
                 image = ImageWriter.create(
@@ -86,17 +90,19 @@ class OutputImages:
 
     @classmethod
     def open(cls, node: Location, spec: CanvasSpec, *, pyramid: bool = False) -> OutputImages:
-        """The output images the client created (see :meth:`require`); with ``pyramid``,
-        the segments written feed the coarse levels (in a task; never where
-        :meth:`build_coarse_levels` runs, which makes what no task made)."""
+        """The output images the client created, every level of them (see :meth:`require`;
+        no level is looked up); with ``pyramid``, the segments written feed the coarse
+        levels (in a task; never where :meth:`build_coarse_levels` runs, which makes what
+        no task made)."""
         return cls(
             spec,
             {
                 name: ImageWriter.open(
-                    cls.location(node).raw_child(f"{name}.ome.zarr"),
+                    cls.image_location(node, name),
                     axes=_axes(spec, name),
                     min_size=spec.min_size,
                     join_stored=False,
+                    check_levels=False,
                 )
                 for name in spec.heads
             },
@@ -212,13 +218,11 @@ class OutputImages:
         under = owners[rows, first : last + 1]
         return bool(under.size) and under.min() >= 0 and under.min() == under.max()
 
-    def publish(self, node: Node, ranges: ValueRanges) -> dict[str, ImageInfo]:
-        """Write every image's metadata and put it into ``node`` (after
-        :meth:`build_coarse_levels`)."""
-        for name, image in self.images.items():
-            finish_head(image, self.spec, name, *ranges.get(name))
+    def write_metadata(self, ranges: ValueRanges) -> dict[str, ImageInfo]:
+        """Write every image's OME-NGFF metadata (after :meth:`build_coarse_levels`); the
+        images are in the node already. Returns each head's image as written."""
         return {
-            name: publish_image(image.location, node.item(f"{name}.ome.zarr"))
+            name: finish_head(image, self.spec, name, *ranges.get(name))
             for name, image in self.images.items()
         }
 
@@ -232,6 +236,14 @@ def _tile_chunks(tiles: SegmentTiles, name: str) -> Callable[[tuple[int, ...]], 
         return None if outputs is None else outputs[name][index[0] if len(index) == 3 else 0]
 
     return chunk_of
+
+
+def _reopen(location: Location, spec: CanvasSpec, name: str) -> ImageWriter | None:
+    """Head ``name``'s image at ``location`` as made before, or None when it is gone."""
+    try:
+        return ImageWriter.open(location, axes=_axes(spec, name), min_size=spec.min_size)
+    except NodeNotFoundError:
+        return None
 
 
 def _shape(spec: CanvasSpec, name: str) -> tuple[int, ...]:
@@ -302,5 +314,6 @@ def _downsample_group(
         max_levels=levels,
         min_size=1,
         join_stored=False,
+        check_levels=False,
     )
     image.downsample_shards(level, shards)

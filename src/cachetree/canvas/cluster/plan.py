@@ -17,6 +17,8 @@ from ...tree.parts import (
     PartInfo,
     list_parts,
     parts_location,
+    release_items,
+    remove_claimed_items,
     remove_parts,
     write_part,
 )
@@ -42,8 +44,9 @@ __all__ = [
 
 PLAN_PART = "canvas-plan"
 """Name of the plan part."""
-PLAN_VERSION = 2
-"""Version of the plan's layout that this cachetree writes and reads."""
+PLAN_VERSION = 3
+"""Version of the plan's layout that this cachetree writes and reads (3: the output images
+are claimed items of the node, no longer in its parts area)."""
 
 
 def read_json_file(loc: Location) -> dict[str, Any] | None:
@@ -100,8 +103,8 @@ def write_plan(
     ngff_format: str | None = None,
 ) -> None:
     """Write the plan: the canvas (``canvas_json`` is ``spec.to_json()``), the tasks and
-    the owner of every level-0 segment; create the output images where missing (OME-NGFF
-    ``ngff_format``, default 0.5)."""
+    the owner of every level-0 segment; claim and create the output images where missing
+    (OME-NGFF ``ngff_format``, default 0.5)."""
     output = OutputImages.require(loc, spec, ngff_format)
     owners = segment_owners(tasks, spec.shape, spec.tile, output.segment)
     arrays: dict[str, Any] = {"shape": np.asarray(spec.shape, np.int64), "owners": owners}
@@ -163,9 +166,13 @@ def run_parts(loc: Location) -> list[PartInfo]:
     ]
 
 
-def discard_run(loc: Location) -> int:
-    """Remove the plan, every task marker, every task spill part (committed or not) and the
-    output images.
+def discard_run(loc: Location, *, keep_images: bool = False) -> int:
+    """Remove the plan, every task marker and every task spill part (committed or not),
+    then the output images, or with ``keep_images`` only their claim (they are the node's
+    items from then on).
+
+    The plan and markers go first: a run killed meanwhile starts again from nothing rather
+    than trusting images that are gone.
 
     Returns
     -------
@@ -180,5 +187,8 @@ def discard_run(loc: Location) -> int:
         if n == PLAN_PART or n.startswith(ATTEMPT_PREFIX) or n.startswith(TASK_PREFIX)
     ]
     remove_parts(root, names)
-    OutputImages.location(loc).remove()
+    if keep_images:
+        release_items(loc)
+    else:
+        remove_claimed_items(loc)
     return len(names)
