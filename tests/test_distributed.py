@@ -36,6 +36,7 @@ from cachetree.canvas.cluster import (
     run_status,
     task_status,
 )
+from cachetree.canvas.cluster import output as cluster_output
 from cachetree.canvas.cluster.ownership import SEAM, segment_owners
 from cachetree.canvas.cluster.plan import discard_run
 from cachetree.canvas.preview import PreviewAccumulator
@@ -209,7 +210,9 @@ def test_cluster_merge_equals_single_process(client, expected, storage, tmp_path
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_band_tasks_write_the_output_themselves(client, expected, where, tmp_path, request):
+def test_band_tasks_write_the_output_themselves(
+    client, expected, where, tmp_path, request, monkeypatch
+):
     """Band tasks own their bands: no seam parts, finalising sums nothing and builds the
     pyramids on the cluster; a task failing after writing some of its band is retried."""
     root = str(tmp_path / "tree") if where == "local" else request.getfixturevalue("s3_root")
@@ -242,12 +245,19 @@ def test_band_tasks_write_the_output_themselves(client, expected, where, tmp_pat
     progress = run_status(node).tasks
     assert [(t.id, t.done) for t in progress] == [(t.id, True) for t in tasks]
 
+    # These levels are far too small for a cluster round: locally they are made here; on S3
+    # every level is sent to the workers, as large ones would be.
+    if where == "s3":
+        monkeypatch.setattr(cluster_output, "CLUSTER_LEVEL_BYTES", 0)
     with distributed.get_task_stream(client) as stream:
         finalize_canvas(node, client=client)
     assert node.status is Status.COMMITTED
     assert_matches(node.location, expected)
     built = [task["key"] for task in stream.data if "_downsample_group" in str(task["key"])]
-    assert len(built) >= len(models.HEADS)  # the coarse levels were built by the workers
+    if where == "s3":
+        assert len(built) >= len(models.HEADS)  # the coarse levels were built by the workers
+    else:
+        assert built == []
 
 
 def test_finalising_band_tasks_on_s3_copies_no_image_data(client, expected, s3_root):

@@ -6,7 +6,7 @@ The client creates one image per head (every pyramid level, empty) as the node's
 done, removed with the run when it is discarded). Tasks write the level-0 segments they own
 into it, whole shards at a time, each shard put in place in one step (a rename, or one
 object put); finalising writes the seams and the empty segments, builds the coarse levels
-(on the cluster when there is one, one shard row per task) and writes the metadata: no data
+(on the cluster when there is one, but for the small top levels) and writes the metadata: no data
 is copied.
 """
 
@@ -30,6 +30,10 @@ from ..rows import finish_head
 from ..spec import CanvasSpec
 
 __all__ = ["OutputImages"]
+
+CLUSTER_LEVEL_BYTES = 64 * 2**20
+"""A coarse level whose level below holds fewer bytes is made in the finalising process: a
+cluster round costs more than reading it (about 0.4 s on one thread)."""
 
 SegmentTiles = Mapping[int, Mapping[str, np.ndarray] | None]
 """Tile column to each head's normalised ``(C, h, w)`` tile, or None (the fill value)."""
@@ -184,8 +188,9 @@ class OutputImages:
         A shard of level ``k`` was made by a task when every level-0 segment under it has
         that task as owner (``owners``, see
         :func:`~cachetree.canvas.cluster.ownership.segment_owners`); the others are made
-        here, level by level: on the cluster of ``client`` (about four tasks per worker), or
-        in ``workers`` threads.
+        here, level by level: on the cluster of ``client`` (about four tasks per worker),
+        or in ``workers`` threads without a client and for the levels made from fewer than
+        :data:`CLUSTER_LEVEL_BYTES` (the small ones at the top of the pyramid).
 
         Returns
         -------
@@ -200,7 +205,7 @@ class OutputImages:
                     for shard in np.ndindex(*image.levels[level].shard_grid)
                     if not self._made_by_a_task(image, level, shard, owners)
                 ]
-                if client is None:
+                if client is None or _input_bytes(image, level) < CLUSTER_LEVEL_BYTES:
                     _downsample_here(image, level, todo, workers, progress)
                 else:
                     _downsample_on_cluster(client, image, level, todo, storage_options)
@@ -253,6 +258,11 @@ def _shape(spec: CanvasSpec, name: str) -> tuple[int, ...]:
 
 def _axes(spec: CanvasSpec, name: str) -> str:
     return "yx" if spec.heads[name].channels == 1 else "cyx"
+
+
+def _input_bytes(image: ImageWriter, level: int) -> int:
+    """Bytes of the level that ``level`` is made from."""
+    return math.prod(image.levels[level - 1].shape) * image.dtype.itemsize
 
 
 def _downsample_here(
