@@ -340,6 +340,17 @@ def unfinished_part(node, name, pid=None):
     return part
 
 
+def test_combine_removes_the_parts_dead_workers_left_half_written(tree):
+    node = canvas_node(tree, "n", workers=(0,))
+    dead = unfinished_part(node, "dead", pid=dead_pid())
+    alive = unfinished_part(node, "alive", pid=os.getpid())  # still writing: kept
+    unknown = unfinished_part(node, "unknown")  # no writer record: left to clean
+    combine(node.url)
+    assert tree.node("n").status is Status.COMMITTED
+    assert not dead.exists() and alive.exists() and unknown.exists()
+    check_canvas_results(tree.node("n"), workers=(0,))
+
+
 def test_clean_parts_with_dry_run(tree, no_hook):
     node = canvas_node(tree, "n", workers=(0,))
 

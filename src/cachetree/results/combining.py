@@ -38,6 +38,7 @@ from ..tree.parts import (
     list_parts,
     part_id,
     parts_location,
+    parts_of_dead_writers,
     remove_part,
 )
 from .adding import combiner_of
@@ -138,7 +139,8 @@ def combine(
     Parts (kind ``"part"``) are grouped by key (float keys within the tolerance), each group
     is passed with the shared inputs to the combiner, and the result is written to the keyed
     store ``store``. Then the node is committed (an open node) or its inventory refreshed (a
-    committed node that received new parts), and only then are the combined parts removed.
+    committed node that received new parts), and only then are the combined parts removed,
+    with the unfinished parts of workers that died on this host.
     Shared inputs and the combiner setting stay (see ``clean``).
 
     The node must not be held by another live process: the process that opened it either
@@ -237,6 +239,8 @@ def combine(
         remove_part(p)
         report.parts_removed += 1
         _stage("removed")
+    for part_dir in parts_of_dead_writers(loc):  # what killed workers left half-written
+        part_dir.remove()
     parts_location(loc).remove_if_empty()
     log.info("%s", report)
     return report

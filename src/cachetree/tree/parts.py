@@ -44,6 +44,7 @@ __all__ = [
     "parse_marker",
     "part_id",
     "parts_location",
+    "parts_of_dead_writers",
     "release_items",
     "remove_claimed_items",
     "remove_part",
@@ -321,6 +322,18 @@ def uncommitted_parts(node: Location) -> list[Location]:
     _, unfinished = _scan_parts(node)
     temps = [parts_location(node).raw_child(n) for n in parts_location(node).ls() if TMP_MARK in n]
     return unfinished + temps
+
+
+def parts_of_dead_writers(node: Location) -> list[Location]:
+    """Unfinished part directories whose writer recorded itself on this host and has died
+    (see :func:`writer_of_part`): nobody will finish them."""
+    return [
+        part_dir
+        for part_dir in uncommitted_parts(node)
+        if TMP_MARK not in part_dir.name
+        and (writer := writer_of_part(part_dir)) is not None
+        and writer.is_stale()
+    ]
 
 
 def remove_part(part: PartInfo) -> None:

@@ -51,10 +51,10 @@ def finalize_canvas(
     markers list (only those, in plan order, so parts of killed or failed attempts never
     count) and empty segments with the fill value. Then the coarse pyramid shards no task
     could make are built (on the cluster of ``client``, in about four tasks per worker,
-    except the small top levels; or else in ``workers`` threads here), the metadata of the images (the node's items
-    ``<head>.ome.zarr`` from the start) and ``canvas.json`` are written, the node is
-    committed and every part of the run is removed, the images' claim last. Killed before
-    the commit, it can simply be run again.
+    except the small top levels; or else in ``workers`` threads here), the metadata of the
+    images (the node's items ``<head>.ome.zarr`` from the start) and ``canvas.json`` are
+    written, the node is committed and every part of the run is removed, the images' claim
+    last. Killed before the commit, it can simply be run again.
 
     Parameters
     ----------
