@@ -46,7 +46,8 @@ def test_clean_in_a_loop_never_removes_committed_nodes(tmp_path, mode):
     stop = tmp_path / "stop"
     count = 150
     cleaner = _spawn(str(WORKERS / "clean_loop.py"), str(root), str(stop), mode)
-    writer = _spawn(str(WORKERS / "churn_nodes.py"), str(root), str(count))
+    passes_file = f"{stop}.passes"  # the writer waits for clean passes while a node is open
+    writer = _spawn(str(WORKERS / "churn_nodes.py"), str(root), str(count), passes_file)
     out, err = writer.communicate(timeout=600)
     stop.touch()
     c_out, c_err = cleaner.communicate(timeout=120)
