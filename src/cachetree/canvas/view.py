@@ -301,6 +301,7 @@ class _HeadSource:
         self.owned = owned
         self.output = output
         self._level0: dict[str, Any] = {}
+        self._finished: Location | None = None
         self.shape = (
             (self.height, self.width) if channels == 1 else (channels, self.height, self.width)
         )
@@ -314,7 +315,7 @@ class _HeadSource:
             array = zarr.open_array(image.raw_child("0").zarr_store(read_only=True), mode="r")
             self._level0[image.path] = array
         T = self.tile
-        th, tw = min(T, self.height - ty * T), min(T, self.width - tx * T)
+        th, tw = self._tile_size(ty, tx)
         region = (slice(ty * T, ty * T + th), slice(tx * T, tx * T + tw))
         return np.asarray(array[(Ellipsis, *region)]).reshape(self.channels, th, tw)
 
@@ -353,29 +354,36 @@ class _HeadSource:
             return self._written_tile(self.staging, ty, tx)
         if (ty, tx) in self.owned and self.output is not None:
             return self._written_tile(self.output, ty, tx)
-        T = self.tile
-        th, tw = min(T, self.height - ty * T), min(T, self.width - tx * T)
         refs = self.index.get((ty, tx), [])
         if not refs:
-            return np.full((self.channels, th, tw), self.fill, self.dtype)
+            return self._fill_tile(ty, tx)
+        th, tw = self._tile_size(ty, tx)
         sums = np.zeros((th, tw, self.channels), self.acc_dtype)
         weight = np.zeros((th, tw), np.float32)
         for part, ref in refs:
-            add_spilled_tile(part, ref, (ty, tx), T, weight, {self.head: sums})
+            add_spilled_tile(part, ref, (ty, tx), self.tile, weight, {self.head: sums})
         fill = self.fill if math.isfinite(self.fill) or self.dtype.kind == "f" else 0
         return normalise_block(sums, weight, self.dtype, fill)
 
     def _tile_moved_on(self, ty: int, tx: int) -> np.ndarray:
         """The tile from the finished image, else from the staging rows, else the fill."""
-        final = _read_json(self.node.raw_child(CANVAS_JSON))
-        images = final.get("images", {}) if isinstance(final, dict) else {}
-        written = self.node.join(images[self.head]) if self.head in images else self.staging
+        if self._finished is None:  # looked up until the canvas is finalised, then kept
+            final = _read_json(self.node.raw_child(CANVAS_JSON))
+            images = final.get("images", {}) if isinstance(final, dict) else {}
+            if self.head in images:
+                self._finished = self.node.join(images[self.head])
         try:
-            return self._written_tile(written, ty, tx)
+            return self._written_tile(self._finished or self.staging, ty, tx)
         except (CacheTreeError, OSError):
-            T = self.tile
-            th, tw = min(T, self.height - ty * T), min(T, self.width - tx * T)
-            return np.full((self.channels, th, tw), self.fill, self.dtype)
+            return self._fill_tile(ty, tx)
+
+    def _tile_size(self, ty: int, tx: int) -> tuple[int, int]:
+        """Height and width of tile ``(ty, tx)`` (smaller at the bottom and right edges)."""
+        T = self.tile
+        return min(T, self.height - ty * T), min(T, self.width - tx * T)
+
+    def _fill_tile(self, ty: int, tx: int) -> np.ndarray:
+        return np.full((self.channels, *self._tile_size(ty, tx)), self.fill, self.dtype)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from .keyed import INVENTORY, STORE_SUFFIX, combined_part_ids, read_inventory
 from .layout import CANVAS_JSON, LOCK, MANIFEST, PARTS
 from .lock import LockInfo, acquire_lock, release_lock
 from .manifest import Status, read_manifest
-from .parts import claimed_items, list_parts, part_id, uncommitted_parts, writer_of_part
+from .parts import kept_on_reopen, list_parts, part_id, uncommitted_parts, writer_of_part
 from .walk import NodeInfo, walk
 
 __all__ = ["LOCK_GRACE", "PART_GRACE", "YOUNG", "CleanEntry", "CleanPlan", "plan_clean"]
@@ -234,9 +234,7 @@ def _own_entries(loc: Location, info: NodeInfo, *, keep_parts: bool) -> list[Loc
     A folder holding a manifest or a lock (or one being written) is a child node being
     created, and an empty folder younger than :data:`YOUNG` may become one: both are kept.
     """
-    keep = set(info.children) | {MANIFEST, LOCK}
-    if keep_parts:
-        keep |= {PARTS, *claimed_items(loc)}
+    keep = kept_on_reopen(loc, info.children, keep_parts=keep_parts)
     now = time.time()
     own = []
     for entry in loc.ls(detail=True):

@@ -23,10 +23,10 @@ from ..fs.location import Location, node_path
 from .fingerprint import fingerprint, to_jsonable
 from .inventory import is_own_entry
 from .items import NodeItems
-from .layout import LOCK, MANIFEST, PARTS
+from .layout import MANIFEST
 from .lock import acquire_lock, break_lock, read_lock, release_lock
 from .manifest import Manifest, Status, now_iso, read_manifest, update_meta, write_manifest
-from .parts import claimed_items
+from .parts import kept_on_reopen
 
 __all__ = [
     "Node",
@@ -346,9 +346,7 @@ class Node(NodeItems):
         return parent
 
     def _discard_own_files(self, *, keep_parts: bool) -> None:
-        keep = set(self.child_names()) | {MANIFEST, LOCK}
-        if keep_parts:
-            keep |= {PARTS, *claimed_items(self.location)}
+        keep = kept_on_reopen(self.location, self.child_names(), keep_parts=keep_parts)
         for name in self.location.ls():
             if name in keep:
                 continue

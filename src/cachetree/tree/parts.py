@@ -28,7 +28,7 @@ from ..fs.location import TMP_MARK, Location, storage_errors, validate_name
 from ..fs.records import Field, parse_record
 from ..fs.writer import AsyncWriter
 from .fingerprint import to_jsonable
-from .layout import PARTS
+from .layout import LOCK, MANIFEST, PARTS
 from .lock import LockInfo, parse_lock
 from .manifest import now_iso
 
@@ -40,6 +40,7 @@ __all__ = [
     "PartInfo",
     "claim_items",
     "claimed_items",
+    "kept_on_reopen",
     "list_parts",
     "parse_marker",
     "part_id",
@@ -255,6 +256,15 @@ def claimed_items(node: Location) -> frozenset[str]:
     if not isinstance(items, list):
         return frozenset()
     return frozenset(n for n in items if isinstance(n, str))
+
+
+def kept_on_reopen(node: Location, children: Iterable[str], *, keep_parts: bool) -> set[str]:
+    """Names in the node at ``node`` that re-opening it for writing keeps: its child nodes,
+    manifest and lock, and with ``keep_parts`` its parts area and the items a run claimed."""
+    keep = {*children, MANIFEST, LOCK}
+    if keep_parts:
+        keep |= {PARTS, *claimed_items(node)}
+    return keep
 
 
 def release_items(node: Location) -> None:
