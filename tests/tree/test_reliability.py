@@ -109,6 +109,10 @@ def test_writer_waits_for_a_clean_claim_and_recreates_a_removed_directory(tree):
 
     time.sleep(0.5)
     assert tree.node("claimed").status is Status.MISSING
+    # a big leftover keeps the delete running across many of the writer's polls, each of which
+    # creates a file in the directory: the delete must not fail with "directory not empty"
+    for k in range(3000):
+        (Path(loc.path) / f"leftover-{k}").touch()
     loc.remove()
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

@@ -302,9 +302,19 @@ class Location:
                 self.fs.rmdir(self.path)
 
     def remove(self) -> None:
-        """Delete this file or directory tree; missing is fine."""
+        """Delete this file or directory tree; missing is fine.
+
+        A local directory is first renamed to a temporary name beside it, so the path is gone
+        in one step: a process creating files in it meanwhile (a writer waiting for a clean
+        claim) sees it missing and starts over rather than racing the recursive delete.
+        """
         with storage_errors(self), contextlib.suppress(FileNotFoundError):
-            self.fs.rm(self.path, recursive=True)
+            path = self.path
+            if self.is_local and os.path.isdir(path) and not os.path.islink(path):
+                doomed = temp_name(path)
+                os.rename(path, doomed)
+                path = doomed
+            self.fs.rm(path, recursive=True)
 
 
 def atomic_write_local(path: str, data: bytes | memoryview | Callable[[BinaryIO], None]) -> None:
