@@ -20,13 +20,13 @@ Variants, each run in its own subprocess:
 * ``single``      — one process, ``Canvas(order="row-major")`` with the default budget,
   ``finalize()`` included: the one-machine reference;
 * ``cluster-<n>`` — :func:`cachetree.canvas.cluster.merge_distributed` on a ``LocalCluster`` of
-  ``n`` worker processes (one thread each), band tasks of ``--band`` rows, then
-  :func:`~cachetree.canvas.cluster.finalize_canvas` with the client; the tree on local disk;
+  ``n`` worker processes (one thread each), band tasks of ``--band`` rows, finalised with
+  the client (its default); the tree on local disk;
 * ``local-<N>`` / ``s3-<N>`` — the same with N workers at ``--s3-size``, on local disk and on
   an S3 server (moto, in its own process on loopback), for the overhead of object storage.
 
-Timed: from the call that merges to the committed node (cluster start-up excluded), split
-into the tasks (on the workers) and finalising. Throughput is the canvas' patches (each
+Timed: from opening the node to the committed node (cluster start-up and imports excluded),
+split into the tasks (on the workers) and finalising. Throughput is the canvas' patches (each
 once) per second; scaling is relative to ``cluster-1``. The largest sensible N is the number
 of cores: on a 2-core machine N=2 is the honest maximum (more processes only time-share the
 cores, which the client and scheduler share too).
@@ -132,8 +132,8 @@ def run_single(args: argparse.Namespace, root: str) -> dict:
     _, boxes = all_boxes(args, args.size)
     model = PoolModel(args.patch, args.stride, args.batch, args.model_ms)
     model.warm()
-    start = time.perf_counter()
     tree = CacheTree(root)
+    start = time.perf_counter()
     with tree.node("w1") as node:
         canvas = Canvas(
             node, (args.size, args.size), HEADS, order="row-major", tile=args.tile, workers=2
@@ -160,7 +160,7 @@ def run_cluster(args: argparse.Namespace, root: str, workers: int, size: int) ->
 
     from cachetree import CacheTree
     from cachetree.canvas import CanvasSpec
-    from cachetree.canvas.cluster import finalize_canvas, merge_distributed
+    from cachetree.canvas.cluster import merge_distributed
 
     tasks, boxes = all_boxes(args, size)
     spec = CanvasSpec((size, size), HEADS, tile=args.tile)
@@ -176,8 +176,8 @@ def run_cluster(args: argparse.Namespace, root: str, workers: int, size: int) ->
         Client(cluster) as client,
     ):
         client.run(model.warm)  # pool and imports outside the timing, as for `single`
+        tree = CacheTree(root)  # for S3: s3fs imported, as the workers have it
         start = time.perf_counter()
-        tree = CacheTree(root)
         with tree.node("w1") as node:
             report = merge_distributed(
                 node,
@@ -188,32 +188,18 @@ def run_cluster(args: argparse.Namespace, root: str, workers: int, size: int) ->
                 batch_size=args.batch,
                 worker_memory_budget=args.worker_budget,
                 progress=False,
-                finalize=False,
             )
-            parts = seam_part_bytes(node.location)
-            final_start = time.perf_counter()
-            finalize_canvas(node, client=client)
-            final_s = time.perf_counter() - final_start
         seconds = time.perf_counter() - start
     return {
         "seconds": seconds,
         "tasks_s": report.seconds_tasks,
-        "final_s": final_s,
+        "final_s": report.seconds_finalize,
         "patches": len(boxes),
         "spilled": report.spilled_bytes,
-        "parts": parts,
+        "parts": report.spilled_bytes,
         "workers": len(report.workers),
         "peak_task": report.peak_task_resident_bytes,
     }
-
-
-def seam_part_bytes(location) -> int:
-    """Bytes of the spill parts the finished tasks' markers list (the seams)."""
-    from cachetree.tree.parts import list_parts
-
-    parts = list_parts(location)
-    listed = {n for p in parts if p.kind == "canvas-task" for n in p.meta["spill_parts"]}
-    return sum(part.nbytes for part in parts if part.name in listed)
 
 
 def child_main(args: argparse.Namespace) -> None:
@@ -257,6 +243,16 @@ def start_moto() -> tuple[subprocess.Popen, str]:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("the moto S3 server did not start")
+
+
+def _cpu_seconds(process: subprocess.Popen | None) -> float:
+    """User and system CPU seconds of ``process`` so far (0 without one)."""
+    if process is None:
+        return 0.0
+    import psutil
+
+    times = psutil.Process(process.pid).cpu_times()
+    return times.user + times.system
 
 
 def s3_env(endpoint: str) -> dict[str, str]:
@@ -352,7 +348,9 @@ def main() -> None:
     try:
         for _ in range(args.repeat):  # interleaved, so load changes hit every variant alike
             for variant in scaling + s3_variants:
+                server_cpu = _cpu_seconds(moto)
                 results[variant].append(child(variant, args, env))
+                results[variant][-1]["server_cpu_s"] = _cpu_seconds(moto) - server_cpu
                 print(f"  {variant}: {results[variant][-1]['seconds']:.1f} s", file=sys.stderr)
     finally:
         if moto is not None:
@@ -387,8 +385,8 @@ def main() -> None:
     print(
         "(x 1 worker: throughput relative to cluster-1; x single: relative to one process "
         f"without dask. With {os.cpu_count()} cores, {n_max} workers is the most that can "
-        "run in parallel. parts: bytes of the seam parts the tasks left for finalising, and "
-        "their share of the canvas' float32 size.)"
+        "run in parallel. parts: bytes the tasks wrote as spill parts (seams, and anything "
+        "over the worker budget), and their share of the canvas' float32 size.)"
     )
     if s3_variants:
         local = median(results[f"local-{n_max}"], "seconds")
@@ -396,7 +394,10 @@ def main() -> None:
             f"\nlocal disk vs S3 (moto server on loopback, own process): "
             f"{args.s3_size}x{args.s3_size} canvas, {n_max} workers"
         )
-        print(f"{'storage':<11}{'total s':>9}{'tasks s':>9}{'final s':>9}{'x local':>9}")
+        print(
+            f"{'storage':<11}{'total s':>9}{'tasks s':>9}{'final s':>9}{'x local':>9}"
+            f"{'server CPU s':>14}"
+        )
         for variant in s3_variants:
             runs = results[variant]
             t = median(runs, "seconds")
@@ -404,7 +405,12 @@ def main() -> None:
             print(
                 f"{name:<11}{t:>9.1f}{median(runs, 'tasks_s'):>9.1f}"
                 f"{median(runs, 'final_s'):>9.1f}{t / local:>9.2f}"
+                f"{median(runs, 'server_cpu_s'):>14.1f}"
             )
+        print(
+            "(server CPU: seconds the moto process computed during the run, on the same cores "
+            "as the workers and the client.)"
+        )
     if os.environ.get("DIST_BENCH_JSON"):
         print(json.dumps(results))
 

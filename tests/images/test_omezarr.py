@@ -21,7 +21,9 @@ from cachetree.errors import (
     NodeNotFoundError,
     ShapeMismatchError,
 )
+from cachetree.fs.location import Location
 from cachetree.images.ngff import ImageInfo, is_ome_zarr, open_image, read_image, write_image
+from cachetree.images.pyramid import ImageWriter
 
 
 def _ref_mean(a: np.ndarray) -> np.ndarray:
@@ -488,3 +490,29 @@ def test_labels_under_an_image_must_match_its_extent(tmp_path):
     write_labels(tmp_path / "img.zarr", "cells", np.full((40, 30), 2, np.uint8))  # replaced
     assert label_names(tmp_path / "img.zarr") == ["nuclei", "cells"]
     np.testing.assert_array_equal(open_image(tmp_path / "img.zarr" / "labels" / "cells")[0], 2)
+
+
+@FORMATS
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_writer_metadata_is_what_readers_read(tmp_path, request, fmt, where):
+    """ImageWriter writes the zarr metadata itself (made by zarr in memory, written in one
+    batch): zarr opens every level as planned, ``finish`` returns what ``read_image`` reads
+    back, and attributes stored before ``finish`` are kept."""
+    root = request.getfixturevalue("s3_root") if where == "s3" else str(tmp_path)
+    location = Location.from_url(f"{root}/img.ome.zarr")
+    data = np.arange(3 * 70 * 90, dtype=np.float32).reshape(3, 70, 90)
+    writer = ImageWriter.create(location, data.shape, data.dtype, chunk=32, min_size=16, format=fmt)
+    group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+    assert [tuple(group[str(i)].shape) for i in range(len(writer.levels))] == writer.shapes
+    assert writer.shapes == [(3, 70, 90), (3, 35, 45), (3, 18, 23), (3, 9, 12)]
+    zarr.open_group(location.zarr_store(), mode="r+").attrs["kept"] = {"by": "test"}
+    for shard in np.ndindex(*writer.levels[0].shard_grid):
+        writer.write_shard(0, shard, data[writer.levels[0].shard_region(shard)])
+    writer.build_levels()
+    info = writer.finish(low=[0, 1, 2], high=[5, 6, 7], channel_names=["a", "b", "c"])
+    assert info == read_image(location)
+    assert info.levels == writer.shapes and info.dtype == "float32"
+    assert info.contrast_limits == [(0, 5), (1, 6), (2, 7)]
+    reopened = zarr.open_group(location.zarr_store(read_only=True), mode="r")
+    assert reopened.attrs["kept"] == {"by": "test"}
+    np.testing.assert_array_equal(np.asarray(reopened["0"]), data)

@@ -20,6 +20,7 @@ canvas is merged.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Mapping
@@ -117,6 +118,13 @@ class PreviewAccumulator:
             self.sums[name][rows] = np.moveaxis(mean, 0, -1) * area
             self.weight[rows] = area
         self.version += 1
+
+    def copy(self) -> PreviewAccumulator:
+        """An independent copy (to write while this one goes on adding)."""
+        twin = copy.copy(self)
+        twin.weight = self.weight.copy()
+        twin.sums = {name: acc.copy() for name, acc in self.sums.items()}
+        return twin
 
     # -- checkpoints ----------------------------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:

@@ -17,7 +17,7 @@ import os
 import posixpath
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
 
 import fsspec
@@ -266,6 +266,17 @@ class Location:
                 atomic_write_local(self.path, data)
             else:
                 self.fs.pipe_file(self.path, data)
+
+    def write_files(self, files: Mapping[str, bytes]) -> None:
+        """Write several files under this directory (``files``: path relative to it, and
+        contents), each appearing complete or not at all; on an object store, in one batch
+        of concurrent puts."""
+        with storage_errors(self):
+            if self.is_local:
+                for name, data in files.items():
+                    atomic_write_local(posixpath.join(self.path, name), data)
+            else:
+                self.fs.pipe({posixpath.join(self.path, n): data for n, data in files.items()})
 
     def write_text(self, text: str) -> None:
         """Atomically write ``text`` as UTF-8."""

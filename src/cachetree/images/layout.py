@@ -6,7 +6,8 @@ A level is stored in **shards**, the files (or objects) written in one go. On za
 format 2 (OME-NGFF 0.4) there are no shards and every chunk is its own file, so a "shard"
 here is one chunk. :class:`LevelLayout` encodes and decodes chunks and writes and reads the
 shard index exactly as zarr-python does (:mod:`cachetree.images.shards` stores and reads
-them); the zarr metadata itself is written by zarr-python (:meth:`LevelLayout.create`).
+them); the zarr metadata itself is made by zarr-python (:meth:`LevelLayout.create`, see
+:mod:`cachetree.images.documents`).
 """
 
 from __future__ import annotations

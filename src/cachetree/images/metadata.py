@@ -197,11 +197,24 @@ def read_image(location: Location | str) -> ImageInfo:
     import zarr
 
     loc, attrs, version = require_image(Location.from_url(location))
+    group = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+    arrays = [group[ds["path"]] for ds in attrs["multiscales"][0]["datasets"]]
+    return image_info(loc, attrs, version, [tuple(a.shape) for a in arrays], str(arrays[0].dtype))
+
+
+def image_info(
+    loc: Location,
+    attrs: Mapping[str, Any],
+    version: str,
+    levels: Sequence[tuple[int, ...]],
+    dtype: str,
+) -> ImageInfo:
+    """The :class:`ImageInfo` of an image with OME attributes ``attrs`` (of ``version``),
+    the level shapes ``levels`` and pixel type ``dtype``: what :func:`read_image` reads, as
+    the writer that just wrote it knows it."""
     multiscale = attrs["multiscales"][0]
     axes = tuple(a["name"] if isinstance(a, Mapping) else a for a in multiscale["axes"])
     units = tuple(a.get("unit") if isinstance(a, Mapping) else None for a in multiscale["axes"])
-    group = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
-    arrays = [group[ds["path"]] for ds in multiscale["datasets"]]
     transforms = {
         t["type"]: t for t in multiscale["datasets"][0].get("coordinateTransformations", [])
     }
@@ -228,9 +241,9 @@ def read_image(location: Location | str) -> ImageInfo:
         channel_names = tuple(str(ch.get("label", f"channel_{i}")) for i, ch in enumerate(channels))
     return ImageInfo(
         axes=axes,
-        shape=tuple(arrays[0].shape),
-        dtype=str(arrays[0].dtype),
-        levels=[tuple(a.shape) for a in arrays],
+        shape=tuple(levels[0]),
+        dtype=dtype,
+        levels=[tuple(shape) for shape in levels],
         scale=tuple(transforms.get("scale", {}).get("scale", [1.0] * ndim)),
         translation=tuple(transforms.get("translation", {}).get("translation", [0.0] * ndim)),
         contrast_limits=contrast_limits,

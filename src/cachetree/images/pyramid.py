@@ -4,9 +4,10 @@
 (:func:`cachetree.images.ngff.write_image`, from a dask array), labels, and the heads of a
 canvas, whose level 0 arrives tile by tile from many threads. It encodes chunks itself
 (so many can be encoded in parallel without the zarr machinery in the way) and stores
-them in shards (:mod:`cachetree.images.layout`); zarr-python writes the array metadata and
-reads whole levels back, while single chunks read back during a write
-(:meth:`ImageWriter.read_chunk`) are decoded here. A shard is never read back and
+them in shards (:mod:`cachetree.images.layout`), and reads them back here too (a chunk
+with :meth:`ImageWriter.read_chunk`, a region shard by shard for the pyramid); zarr-python
+makes the metadata documents, which are written in one batch
+(:mod:`cachetree.images.documents`). A shard is never read back and
 rewritten: chunks that arrive one at a time are appended, encoded, to a temp file (nothing
 is held in memory), and once the last one is there the index is added and the file goes
 into place in one step (a rename on local disk, one object put elsewhere). Levels 1..n are
@@ -33,6 +34,7 @@ from ..errors import InvalidDataError, NodeNotFoundError, ShapeMismatchError
 from ..fs.location import Location
 from . import metadata as meta
 from . import policy
+from .documents import group_documents, image_documents, stored_array
 from .layout import LevelLayout
 from .shards import ShardWriter
 
@@ -152,9 +154,7 @@ class ImageWriter(ShardWriter):
             for index, level_shape in enumerate(meta.level_shapes(shape_t, min_size, max_levels))
         ]
         loc.remove()
-        group = zarr.open_group(loc.zarr_store(), mode="w", zarr_format=levels[0].zarr_format)
-        for layout in levels:
-            layout.create(group)
+        loc.write_files(image_documents(levels))
         return cls(loc, axes=axes_t, levels=levels, labels=labels)
 
     @classmethod
@@ -189,10 +189,10 @@ class ImageWriter(ShardWriter):
         """
         loc = Location.from_url(location)
         try:
-            group = zarr.open_group(loc.zarr_store(), mode="r+")
-            level0 = LevelLayout.from_array("0", group["0"])
-        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+            level0 = LevelLayout.from_array("0", stored_array(loc, "0"))
+        except NodeNotFoundError as exc:
             raise NodeNotFoundError(f"no level-0 array at {loc.url}") from exc
+        group = zarr.open_group(loc.zarr_store(), mode="r+") if check_levels else None
         axes_t = meta.check_axes(axes, len(level0.shape), labels)
         levels = [level0]
         for index, level_shape in enumerate(
@@ -208,7 +208,7 @@ class ImageWriter(ShardWriter):
                 dimension_names=axes_t,
                 codec=level0.codec,
             )
-            if check_levels:
+            if group is not None:
                 existing = group.get(layout.path)
                 if existing is None or tuple(existing.shape) != level_shape:
                     layout.create(group)
@@ -251,10 +251,6 @@ class ImageWriter(ShardWriter):
         return region[-2].stop - region[-2].start, region[-1].stop - region[-1].start
 
     # -- reading --------------------------------------------------------------------------
-    def _array(self, level: int) -> zarr.Array:
-        store = self.location.raw_child(self.levels[level].path).zarr_store(read_only=True)
-        return zarr.open_array(store, mode="r")
-
     def read_chunk(self, level: int, index: Sequence[int]) -> np.ndarray:
         """The valid region of one stored chunk (the fill value where it was never written).
 
@@ -323,11 +319,10 @@ class ImageWriter(ShardWriter):
             ) as pool,
         ):
             for level in range(1, len(self.levels)):
-                below = self._array(level - 1)
                 for future in _bounded(
                     pool,
                     (
-                        (self._downsample_shard, level, below, shard)
+                        (self._downsample_shard, level, shard)
                         for shard in np.ndindex(*self.levels[level].shard_grid)
                     ),
                     window=max(4, 4 * workers),
@@ -338,11 +333,10 @@ class ImageWriter(ShardWriter):
     def downsample_shards(self, level: int, shards: Sequence[Sequence[int]]) -> None:
         """Make the given shards of ``level`` (>= 1) from the level below, which must be
         complete (e.g. one shard row per task when the levels are built on a cluster)."""
-        below = self._array(level - 1)
         for shard in shards:
-            self._downsample_shard(level, below, tuple(int(i) for i in shard))
+            self._downsample_shard(level, tuple(int(i) for i in shard))
 
-    def _downsample_shard(self, level: int, below: zarr.Array, shard: tuple[int, ...]) -> None:
+    def _downsample_shard(self, level: int, shard: tuple[int, ...]) -> None:
         """Make shard ``shard`` of ``level`` from the region of the level below it covers.
 
         The region below is read one chunk row at a time, so a shard twice the width of the
@@ -360,7 +354,8 @@ class ImageWriter(ShardWriter):
                     zip((*region[:-2], rows, region[-1]), shape_below, strict=True)
                 )
             )
-            parts.append(policy.downsample_2x2(np.asarray(below[source]), labels=self.labels))
+            block = self.read_region(level - 1, source)
+            parts.append(policy.downsample_2x2(block, labels=self.labels))
         self.write_shard(level, shard, np.concatenate(parts, axis=-2))
 
     def finish(
@@ -436,9 +431,10 @@ class ImageWriter(ShardWriter):
                 dtype=self.dtype,
                 version=version,
             )
-        group = zarr.open_group(self.location.zarr_store(), mode="r+")
-        group.attrs.update({**extra, **meta.group_attributes(version, attrs)})
-        return meta.read_image(self.location)
+        stored = {**extra, **meta.group_attributes(version, attrs)}
+        zarr_format = self.levels[0].zarr_format
+        self.location.write_files(group_documents(self.location, zarr_format, stored))
+        return meta.image_info(self.location, attrs, version, self.shapes, str(self.dtype))
 
 
 def _write_block(
@@ -609,14 +605,13 @@ def build_pyramid(
 def _level_range(writer: ImageWriter) -> tuple[np.ndarray, np.ndarray]:
     """Finite minimum and maximum of level 0, per channel when there is a ``c`` axis."""
     layout = writer.levels[0]
-    array = writer._array(0)
     channel_axis = writer.axes.index("c") if "c" in writer.axes else None
     count = writer.shape[channel_axis] if channel_axis is not None else 1
     low = np.full(count, np.nan)
     high = np.full(count, np.nan)
     for shard in np.ndindex(*layout.shard_grid):
         region = layout.shard_region(shard)
-        block = np.asarray(array[region])
+        block = writer.read_region(0, region)
         if channel_axis is None:
             channels = [(0, block)]
         else:

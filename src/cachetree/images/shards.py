@@ -11,6 +11,7 @@ of :class:`cachetree.images.pyramid.ImageWriter`.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import posixpath
@@ -319,6 +320,36 @@ class ShardWriter:
         offset, length = slot
         return self._get_range(path, offset, offset + length)
 
+    def read_region(self, level: int, region: Sequence[slice]) -> np.ndarray:
+        """The pixels of ``region`` (one slice with start and stop per axis) of ``level``,
+        the fill value where nothing is stored.
+
+        Each shard the region touches is read whole, in one read (one request on an object
+        store, where reading chunk by chunk costs the index and every chunk a request), and
+        only its chunks inside the region are decoded.
+        """
+        layout = self.levels[level]
+        out = np.full([r.stop - r.start for r in region], self.fill_value, self.dtype)
+        spans = [
+            range(r.start // s, -(-r.stop // s)) for r, s in zip(region, layout.shards, strict=True)
+        ]
+        for shard in itertools.product(*spans):
+            data = self._get(self._path(layout, shard))
+            for local, encoded in ({} if data is None else layout.unpack(data)).items():
+                chunk = [s * p + i for s, p, i in zip(shard, layout.per_shard, local, strict=True)]
+                if encoded is None or any(c >= g for c, g in zip(chunk, layout.grid, strict=True)):
+                    continue
+                box = layout.chunk_region(chunk)
+                inside = [
+                    slice(max(b.start, r.start), min(b.stop, r.stop))
+                    for b, r in zip(box, region, strict=True)
+                ]
+                if any(i.start >= i.stop for i in inside):
+                    continue
+                block = layout.decode_chunk(encoded)
+                out[_within(inside, region)] = block[_within(inside, box)]
+        return out
+
     def _path(self, layout: LevelLayout, shard: Sequence[int]) -> str:
         return posixpath.join(self.location.path, layout.key(shard))
 
@@ -383,3 +414,10 @@ class ShardWriter:
             entries = [self._pending.pop(k) for k in cleared]
         for entry in entries:
             entry.discard()
+
+
+def _within(part: Sequence[slice], whole: Sequence[slice]) -> tuple[slice, ...]:
+    """``part`` as slices of an array holding ``whole`` (``part`` lies inside it)."""
+    return tuple(
+        slice(p.start - w.start, p.stop - w.start) for p, w in zip(part, whole, strict=True)
+    )

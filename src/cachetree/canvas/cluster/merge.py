@@ -210,7 +210,6 @@ def merge_distributed(
     for marker in done.values():
         if (marker.meta.get("preview") or {}).get("factor") == factor:
             preview.add(marker_block_sums(marker))
-    preview.write(len(done) / len(task_list), now=True)
     report = MergeReport(node.url, tasks=len(task_list), skipped=len(done))
     report.task_memory_budget = parse_memory_budget(worker_memory_budget)
     log.info(
@@ -236,6 +235,7 @@ def merge_distributed(
         )
         for task in todo
     ]
+    preview.write(len(done) / len(task_list), now=True)  # while the first tasks run
     bar = tqdm(total=len(todo), desc="canvas tasks", unit="task", disable=not progress)
     try:
         for future in as_completed(futures):
@@ -246,6 +246,7 @@ def merge_distributed(
             bar.update()
     except BaseException as exc:
         client.cancel(futures)
+        preview.close(check=False)
         finished = len(report.results) + report.skipped
         exc.add_note(
             f"{finished} of {len(task_list)} tasks of {node.url} are done and kept: calling "
@@ -255,7 +256,9 @@ def merge_distributed(
     finally:
         bar.close()
     report.seconds_tasks = time.perf_counter() - start
-    preview.write((report.skipped + report.computed) / len(task_list), now=True)
+    if not finalize:  # with finalize, the finished images replace the preview at once
+        preview.write((report.skipped + report.computed) / len(task_list), now=True)
+    preview.close()
     if finalize:
         start = time.perf_counter()
         report.images = finalize_canvas(

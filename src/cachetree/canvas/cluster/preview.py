@@ -5,11 +5,14 @@ reached, at the factor the client chose. The client adds them up as tasks finish
 the same preview a :class:`~cachetree.canvas.Canvas` writes (``preview.json`` and its
 ``preview-<seq>/`` folder in the staging area), so a viewer shows a cluster merge in
 progress exactly as a single-process one. The block sums are tiny next to the canvas, and
-the client reads nothing else while tasks run.
+the client reads nothing else while tasks run. The preview is written on a thread of its
+own, so collecting results (and, on an object store, every request of a write) never waits
+for it.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from typing import Any
 
@@ -60,6 +63,8 @@ class RunPreview:
         self._staging = root.raw_child(STAGING)
         self._seq = 0
         self._written_at = -float("inf")
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, "cachetree-preview")
+        self._writes: list[concurrent.futures.Future] = []
 
     def add(self, block_sums: tuple[tuple[int, int], dict[str, Any]] | None) -> None:
         """Add one task's block sums (``(first cell, arrays)``; None adds nothing)."""
@@ -67,11 +72,22 @@ class RunPreview:
             self.accumulator.add_reached(*block_sums)
 
     def write(self, merged: float, *, now: bool = False) -> None:
-        """Write the preview with the share of tasks done, at most every
-        :data:`~cachetree.canvas.core.PREVIEW_INTERVAL` seconds unless ``now``."""
-        if not now and time.monotonic() - self._written_at < PREVIEW_INTERVAL:
+        """Write the preview with the share of tasks done, in the background: at most every
+        :data:`~cachetree.canvas.core.PREVIEW_INTERVAL` seconds and never while the last
+        write is still running, unless ``now`` (which writes after it)."""
+        busy = any(not write.done() for write in self._writes)
+        if not now and (busy or time.monotonic() - self._written_at < PREVIEW_INTERVAL):
             return
         status = {"seq": self._seq, "merged": merged}
-        write_preview(self._staging, self._seq, self.accumulator, {}, status)
+        snapshot = self.accumulator.copy()
+        self._writes.append(
+            self._writer.submit(write_preview, self._staging, self._seq, snapshot, {}, status)
+        )
         self._seq += 1
         self._written_at = time.monotonic()
+
+    def close(self, *, check: bool = True) -> None:
+        """Wait for the writes asked for; with ``check``, raise the first that failed."""
+        self._writer.shutdown(wait=True)
+        for write in self._writes if check else ():
+            write.result()
