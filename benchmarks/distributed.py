@@ -301,7 +301,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--tile", type=int, default=512)
     parser.add_argument(
-        "--band", type=int, default=2048, help="canvas rows per task (a multiple of --tile)"
+        "--band",
+        type=int,
+        default=4096,
+        help="canvas rows per task, a multiple of --tile (default: band_tasks' default)",
+    )
+    parser.add_argument(
+        "--worker-profile",
+        action="store_true",
+        help="leave dask's statistical profiler on in the workers (off by default, as "
+        "docs/cluster.md advises for merge clusters)",
     )
     parser.add_argument(
         "--model-ms",
@@ -334,6 +343,8 @@ def main() -> None:
     s3_variants = [] if args.no_s3 else [f"local-{n_max}", f"s3-{n_max}"]
     results: dict[str, list[dict]] = {v: [] for v in scaling + s3_variants}
     env = dict(os.environ)
+    if not args.worker_profile:  # see "Settings for a merge cluster" in docs/cluster.md
+        env["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"
     moto = None
     if s3_variants:
         import fsspec
@@ -363,7 +374,8 @@ def main() -> None:
         f"stride {args.stride}, heads 4+1 float32, batches of {args.batch}, tile {args.tile}; "
         f"{len(tasks)} band tasks of {args.band} rows ({sum(len(t) for t in tasks)} patches "
         f"with those crossing a band edge twice); model {args.model_ms:g} ms "
-        f"per patch; worker processes with 1 thread; {os.cpu_count()} cores; median of "
+        f"per patch; worker processes with 1 thread, dask's profiler "
+        f"{'on' if args.worker_profile else 'off'}; {os.cpu_count()} cores; median of "
         f"{args.repeat} run(s)"
     )
     base = median(results["cluster-1"], "seconds")

@@ -3,11 +3,12 @@ and spill parts (its seams), then its marker."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,22 @@ def _reuse_freed_arrays() -> None:
     set_mmap_threshold(MMAP_THRESHOLD)
 
 
+def _model_ahead(
+    model: Model, task: Task, boxes: np.ndarray, batch_size: int
+) -> Iterator[tuple[np.ndarray, Any]]:
+    """Each batch of ``boxes`` with its patches, the model called on the next batch (on a
+    thread of its own) while the caller merges this one: a model waiting for an accelerator
+    or a service overlaps the merge instead of taking turns with it."""
+    batches = [boxes[i : i + batch_size] for i in range(0, len(boxes), batch_size)]
+    with concurrent.futures.ThreadPoolExecutor(1, "cachetree-model") as ahead:
+        pending = ahead.submit(model, task, batches[0]) if batches else None
+        for k, batch in enumerate(batches):
+            patches = pending.result()
+            if k + 1 < len(batches):
+                pending = ahead.submit(model, task, batches[k + 1])
+            yield batch, patches
+
+
 def run_task(
     task: Task,
     node_url: str,
@@ -87,7 +104,8 @@ def run_task(
 
     Runs on a worker (any process that reaches ``node_url``); needs no lock. A task whose
     marker already names complete parts for the same boxes is skipped. Otherwise the model
-    is called on the boxes ``batch_size`` at a time, top to bottom, and the patches
+    is called on the boxes ``batch_size`` at a time, top to bottom (on a thread of its own,
+    one batch ahead of the merge, so two batches of patches may be in memory), and the patches
     accumulate in a ``BandCanvas`` (``cachetree.canvas.cluster.band``) within the budget:
     the level-0 segments the plan gives this task alone are written, normalised, straight
     into the output images as soon as the patches have passed them (a retry writes the same
@@ -157,9 +175,8 @@ def run_task(
         preview=factor,
     )
     try:
-        for i in range(0, len(boxes), batch_size):
-            batch = boxes[i : i + batch_size]
-            canvas.add(model(task, batch), batch)
+        for batch, patches in _model_ahead(model, task, boxes, batch_size):
+            canvas.add(patches, batch)
         parts = canvas.flush_parts()
         stats = canvas.stats
         origin, block_sums = canvas.preview_reached()
