@@ -671,3 +671,29 @@ def test_worker_canvas_and_adopt(expected, tmp_path):
     assert node.status is Status.COMMITTED
     assert_matches(node.location, expected)
     assert parts_left(node.location) == []  # adopted parts go once the node is committed
+
+
+def test_a_task_calls_the_model_on_the_next_batch_while_it_merges_one():
+    """The model runs one batch ahead, on a thread of its own: while the merge holds batch
+    k, the call for batch k + 1 has started; every batch comes with its own patches, in
+    order, and the calls never overlap each other."""
+    from cachetree.canvas.cluster.run import _model_ahead
+
+    boxes = np.arange(7 * 4, dtype=np.int64).reshape(7, 4)
+    started = [threading.Event() for _ in range(4)]
+    running = []
+
+    def model(task, batch):
+        running.append(threading.get_ident())
+        assert len(running) == 1  # one call at a time
+        started[int(batch[0, 0]) // 8].set()
+        running.pop()
+        return {"x": batch * 10}
+
+    seen = []
+    for k, (batch, patches) in enumerate(_model_ahead(model, None, boxes, 2)):
+        if k + 1 < len(started):  # the next call starts while this batch is merged
+            assert started[k + 1].wait(timeout=30)
+        np.testing.assert_array_equal(patches["x"], batch * 10)
+        seen.append(batch)
+    np.testing.assert_array_equal(np.concatenate(seen), boxes)
