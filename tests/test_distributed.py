@@ -676,14 +676,20 @@ def test_worker_canvas_and_adopt(expected, tmp_path):
 def test_a_task_calls_the_model_on_the_next_batch_while_it_merges_one():
     """The model runs one batch ahead, on a thread of its own: while the merge holds batch
     k, the call for batch k + 1 has started; every batch comes with its own patches, in
-    order, and the calls never overlap each other."""
+    order, the calls never overlap each other, and they see the caller's context variables
+    (``distributed.get_worker()`` reads one)."""
+    import contextvars
+
     from cachetree.canvas.cluster.run import _model_ahead
 
     boxes = np.arange(7 * 4, dtype=np.int64).reshape(7, 4)
     started = [threading.Event() for _ in range(4)]
     running = []
+    caller = contextvars.ContextVar("caller")
+    caller.set("the task")
 
     def model(task, batch):
+        assert caller.get(None) == "the task"
         running.append(threading.get_ident())
         assert len(running) == 1  # one call at a time
         started[int(batch[0, 0]) // 8].set()

@@ -4,6 +4,7 @@ and spill parts (its seams), then its marker."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import logging
 import os
 import time
@@ -78,12 +79,17 @@ def _model_ahead(
     thread of its own) while the caller merges this one: a model waiting for an accelerator
     or a service overlaps the merge instead of taking turns with it."""
     batches = [boxes[i : i + batch_size] for i in range(0, len(boxes), batch_size)]
+
+    def call(batch: np.ndarray) -> concurrent.futures.Future:
+        # in the caller's context: ``distributed.get_worker()`` works in the model as in a task
+        return ahead.submit(contextvars.copy_context().run, model, task, batch)
+
     with concurrent.futures.ThreadPoolExecutor(1, "cachetree-model") as ahead:
-        pending = ahead.submit(model, task, batches[0]) if batches else None
+        pending = call(batches[0]) if batches else None
         for k, batch in enumerate(batches):
             patches = pending.result()
             if k + 1 < len(batches):
-                pending = ahead.submit(model, task, batches[k + 1])
+                pending = call(batches[k + 1])
             yield batch, patches
 
 
