@@ -75,7 +75,7 @@ class RunPreview:
         """Write the preview with the share of tasks done, in the background: at most every
         :data:`~cachetree.canvas.core.PREVIEW_INTERVAL` seconds and never while the last
         write is still running, unless ``now`` (which writes after it)."""
-        busy = any(not write.done() for write in self._writes)
+        busy = bool(self._writes) and not self._writes[-1].done()  # one thread: in order
         if not now and (busy or time.monotonic() - self._written_at < PREVIEW_INTERVAL):
             return
         status = {"seq": self._seq, "merged": merged}
