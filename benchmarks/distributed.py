@@ -24,6 +24,8 @@ Variants, each run in its own subprocess:
   the client (its default); the tree on local disk;
 * ``local-<N>`` / ``s3-<N>`` — the same with N workers at ``--s3-size``, on local disk and on
   an S3 server (moto, in its own process on loopback), for the overhead of object storage.
+  Every S3 run gets a bucket of its own, removed after it: moto lists a bucket by scanning
+  all its keys, so the objects of earlier runs would slow the later ones.
 
 Timed: from opening the node to the committed node (cluster start-up and imports excluded),
 split into the tasks (on the workers) and finalising. Throughput is the canvas' patches (each
@@ -43,6 +45,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
@@ -50,6 +53,8 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 MiB = 1024**2
 HEADS = {"a": 4, "b": 1}
@@ -266,8 +271,21 @@ def s3_env(endpoint: str) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def fresh_bucket(fs) -> Iterator[str]:
+    """A new bucket's URL; the bucket and everything in it are removed afterwards."""
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    fs.mkdir(name)
+    try:
+        yield f"s3://{name}"
+    finally:
+        fs.rm(name, recursive=True)
+
+
 # -- driver -----------------------------------------------------------------------------------
-def child(variant: str, args: argparse.Namespace, env: dict[str, str]) -> dict:
+def child(
+    variant: str, args: argparse.Namespace, env: dict[str, str], s3_url: str | None = None
+) -> dict:
     out = tempfile.mkdtemp(prefix=f"dist-{variant}-", dir=args.tmp)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--out", out]
     keys = ("size", "s3_size", "patch", "stride", "batch", "tile", "band", "model_ms")
@@ -275,8 +293,8 @@ def child(variant: str, args: argparse.Namespace, env: dict[str, str]) -> dict:
         cmd.append(f"--{key.replace('_', '-')}={getattr(args, key)}")
     if args.worker_budget:
         cmd.append(f"--worker-budget={args.worker_budget}")
-    if args.s3_url:
-        cmd.append(f"--s3-url={args.s3_url}")
+    if s3_url:
+        cmd.append(f"--s3-url={s3_url}")
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
         if done.returncode:
@@ -345,7 +363,7 @@ def main() -> None:
     env = dict(os.environ)
     if not args.worker_profile:  # see "Settings for a merge cluster" in docs/cluster.md
         env["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"
-    moto = None
+    moto = fs = None
     if s3_variants:
         import fsspec
 
@@ -354,14 +372,15 @@ def main() -> None:
         fs = fsspec.filesystem(
             "s3", endpoint_url=endpoint, key="bench", secret="bench", skip_instance_cache=True
         )
-        fs.mkdir("bench")
-        args.s3_url = "s3://bench"
     try:
         for _ in range(args.repeat):  # interleaved, so load changes hit every variant alike
             for variant in scaling + s3_variants:
-                server_cpu = _cpu_seconds(moto)
-                results[variant].append(child(variant, args, env))
-                results[variant][-1]["server_cpu_s"] = _cpu_seconds(moto) - server_cpu
+                with (
+                    fresh_bucket(fs) if variant.startswith("s3") else contextlib.nullcontext()
+                ) as s3_url:
+                    server_cpu = _cpu_seconds(moto)
+                    results[variant].append(child(variant, args, env, s3_url))
+                    results[variant][-1]["server_cpu_s"] = _cpu_seconds(moto) - server_cpu
                 print(f"  {variant}: {results[variant][-1]['seconds']:.1f} s", file=sys.stderr)
     finally:
         if moto is not None:

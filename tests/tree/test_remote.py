@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 
 from cachetree import CacheTree, OpenMode, Status, cdir_commit, cdir_init, cdir_query
 from cachetree.errors import LockHeldError
-from cachetree.tree.lock import LockInfo, acquire_lock, break_lock, lock_location
+from cachetree.fs.location import cat_existing
+from cachetree.tree.lock import LockInfo, acquire_lock, break_lock, lock_location, read_lock
 
 
 @pytest.fixture(params=["memory", "s3"])
@@ -65,3 +67,32 @@ def test_remote_lock_is_exclusive(root_url):
     assert break_lock(location) == foreign
     mine = acquire_lock(location)
     assert mine.is_mine() and acquire_lock(location) == mine  # re-entrant, stored once
+
+
+def _s3_calls(fs) -> list[str]:
+    """The S3 operations ``fs`` sends from now on (botocore's own events, on its client)."""
+    calls: list[str] = []
+    fs.s3.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    return calls
+
+
+def test_reads_on_s3_are_one_get_each_with_no_existence_check(s3_root):
+    tree = CacheTree(s3_root + "/run")
+    with tree.node("seg", params={"t": 1}) as node:
+        node.save_json("metrics", {"n": 3})
+        node.save_image("prob", np.zeros((64, 48), np.float32))
+    node = tree.node("seg", params={"t": 1})
+    loc = node.location
+    calls = _s3_calls(loc.fs)
+
+    assert node.status is Status.COMMITTED  # reads the manifest
+    assert calls == ["GetObject"]
+    calls.clear()
+    assert read_lock(loc) is None  # no lock once committed: one 404
+    assert calls == ["GetObject"]
+    calls.clear()
+    image = loc.raw_child("prob.ome.zarr")
+    found = cat_existing(loc.fs, [image.raw_child("zarr.json").path, image.raw_child("x").path])
+    assert list(found) == [image.raw_child("zarr.json").path]
+    assert json.loads(found[image.raw_child("zarr.json").path])["zarr_format"] == 3
+    assert sorted(calls) == ["GetObject", "GetObject"]

@@ -31,6 +31,8 @@ __all__ = [
     "TMP_MARK",
     "Location",
     "atomic_write_local",
+    "cat_existing",
+    "cat_whole",
     "fsync_path",
     "node_path",
     "split_node_path",
@@ -232,9 +234,9 @@ class Location:
 
     # -- reading ----------------------------------------------------------------------
     def read_bytes(self) -> bytes:
-        """The file's contents."""
+        """The file's contents (one request on object stores, see :func:`cat_whole`)."""
         try:
-            return self.fs.cat_file(self.path)
+            return cat_whole(self.fs, self.path)
         except FileNotFoundError as exc:
             raise NodeNotFoundError(f"no file at {self.url}") from exc
 
@@ -326,6 +328,32 @@ class Location:
                 os.rename(path, doomed)
                 path = doomed
             self.fs.rm(path, recursive=True)
+
+
+def _one_request(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
+    """Options that make ``fs.cat_file`` read a whole file in one request.
+
+    s3fs first asks for the size of a file it reads whole (a HEAD, and on a missing key also
+    a listing), to split files over its block size into concurrent range reads;
+    ``max_concurrency=1`` skips that, so a read is one GET and a missing file one 404.
+    """
+    return {"max_concurrency": 1} if getattr(fs, "max_concurrency", 1) > 1 else {}
+
+
+def cat_whole(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
+    """The file at ``path`` of ``fs``, in one request on object stores (no size probe);
+    a missing file raises :class:`FileNotFoundError`. For small files: metadata, markers,
+    shards."""
+    return fs.cat_file(path, **_one_request(fs))
+
+
+def cat_existing(fs: fsspec.AbstractFileSystem, paths: list[str]) -> dict[str, bytes]:
+    """The files of ``paths`` that exist, by path, read concurrently, one request each on
+    object stores (see :func:`cat_whole`)."""
+    if not paths:
+        return {}
+    found = fs.cat(paths, on_error="omit", **_one_request(fs))
+    return found if isinstance(found, dict) else {paths[0]: found}
 
 
 def atomic_write_local(path: str, data: bytes | memoryview | Callable[[BinaryIO], None]) -> None:

@@ -13,7 +13,7 @@ import posixpath
 from typing import Any
 
 from ..errors import InvalidNameError
-from ..fs.location import Location
+from ..fs.location import Location, cat_whole
 
 __all__ = ["LABELS_GROUP", "label_names", "ome_attrs", "standalone_labels", "zarr_attrs"]
 
@@ -23,7 +23,7 @@ LABELS_GROUP = "labels"
 
 def _read_json(loc: Location, name: str) -> dict[str, Any] | None:
     try:
-        return json.loads(loc.fs.cat_file(posixpath.join(loc.path, name)))
+        return json.loads(cat_whole(loc.fs, posixpath.join(loc.path, name)))
     except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ShapeMismatchError
-from ..fs.location import Location, temp_name
+from ..fs.location import Location, cat_whole, temp_name
 from .layout import LevelLayout
 
 __all__ = ["ShardFile", "ShardWriter"]
@@ -378,7 +378,7 @@ class ShardWriter:
             if self.location.is_local:
                 with open(path, "rb") as fh:
                     return fh.read()
-            return self.location.fs.cat_file(path)
+            return cat_whole(self.location.fs, path)
         except FileNotFoundError:
             return None
 

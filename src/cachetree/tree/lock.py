@@ -27,7 +27,7 @@ from typing import Literal
 import psutil
 
 from ..errors import CorruptRecordError, LockHeldError, NodeNotFoundError
-from ..fs.location import Location, storage_error, storage_errors, temp_name
+from ..fs.location import Location, cat_whole, storage_error, storage_errors, temp_name
 from ..fs.records import Field, is_iso_time, parse_record
 from .layout import LOCK
 from .manifest import now_iso
@@ -155,7 +155,7 @@ def read_lock(node: Location) -> LockInfo | None:
     """The current lock of ``node``, or None. An unreadable lock file has ``error`` set."""
     loc = lock_location(node)
     try:
-        raw = loc.fs.cat_file(loc.path)
+        raw = cat_whole(loc.fs, loc.path)
     except (FileNotFoundError, NotADirectoryError):
         return None
     except IsADirectoryError:

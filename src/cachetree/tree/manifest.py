@@ -12,7 +12,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import CorruptManifestError, NodeNotFoundError
-from ..fs.location import Location
+from ..fs.location import Location, cat_whole
 from ..fs.records import Field, is_iso_time, parse_record
 from .layout import MANIFEST
 
@@ -168,7 +168,7 @@ def read_manifest(node: Location) -> Manifest:
     """
     loc = manifest_location(node)
     try:
-        text = loc.fs.cat_file(loc.path)
+        text = cat_whole(loc.fs, loc.path)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise NodeNotFoundError(f"no cache node at {node.url}") from exc
     except IsADirectoryError:

@@ -24,7 +24,7 @@ from ..errors import (
     ItemNotFoundError,
     NodeNotFoundError,
 )
-from ..fs.location import TMP_MARK, Location, storage_errors, validate_name
+from ..fs.location import TMP_MARK, Location, cat_existing, storage_errors, validate_name
 from ..fs.records import Field, parse_record
 from ..fs.writer import AsyncWriter
 from .fingerprint import to_jsonable
@@ -293,8 +293,7 @@ def _read_markers(locations: list[Location]) -> dict[str, bytes]:
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 pass
         return found
-    result = fs.cat(paths, on_error="omit")
-    return result if isinstance(result, dict) else {paths[0]: result}
+    return cat_existing(fs, paths)
 
 
 def _part_dirs(node: Location) -> list[Location]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import CorruptManifestError, CorruptRecordError
-from ..fs.location import Location
+from ..fs.location import Location, cat_existing
 from .inventory import is_own_entry
 from .layout import LOCK, MANIFEST, PARTS
 from .lock import LockInfo, parse_lock
@@ -157,8 +157,7 @@ class _Lister:
                 except IsADirectoryError:
                     found[path] = _IS_DIRECTORY
             return found
-        result = self.fs.cat(paths, on_error="omit")
-        return result if isinstance(result, dict) else {paths[0]: result}
+        return cat_existing(self.fs, paths)
 
 
 def walk(root: Location, *, max_depth: int | None = None) -> Iterator[NodeInfo]:

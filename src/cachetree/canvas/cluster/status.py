@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ...fs.location import Location
+from ...fs.location import Location, cat_existing
 from ...tree.manifest import read_manifest
 from ...tree.node import NodeLike, location_of
 from ...tree.parts import PART_MARKER, PartInfo, parts_location
@@ -35,10 +35,7 @@ def _committed(loc: Location, names: Sequence[str]) -> set[str]:
         return set()
     if loc.is_local:
         return {n for p, n in paths.items() if os.path.exists(p)}
-    found = loc.fs.cat(list(paths), on_error="omit")
-    if not isinstance(found, dict):
-        found = {next(iter(paths)): found}
-    return {paths[p] for p in found if p in paths}
+    return {paths[p] for p in cat_existing(loc.fs, list(paths)) if p in paths}
 
 
 def valid_marker(loc: Location, task_id: str, digest: str) -> dict[str, Any] | None:
