@@ -673,16 +673,16 @@ def test_worker_canvas_and_adopt(expected, tmp_path):
     assert parts_left(node.location) == []  # adopted parts go once the node is committed
 
 
-def test_a_task_calls_the_model_on_the_next_batch_while_it_merges_one():
-    """The model runs one batch ahead, on a thread of its own: while the merge holds batch
-    k, the call for batch k + 1 has started; every batch comes with its own patches, in
-    order, the calls never overlap each other, and they see the caller's context variables
-    (``distributed.get_worker()`` reads one)."""
+def test_a_task_calls_the_model_on_the_next_two_batches_while_it_merges_one():
+    """The model runs two batches ahead, on a thread of its own: while the merge holds batch
+    k, the calls for batches k + 1 and k + 2 have started; every batch comes with its own
+    patches, in order, the calls never overlap each other, and they see the caller's
+    context variables (``distributed.get_worker()`` reads one)."""
     import contextvars
 
     from cachetree.canvas.cluster.run import _model_ahead
 
-    boxes = np.arange(7 * 4, dtype=np.int64).reshape(7, 4)
+    boxes = np.arange(7 * 4, dtype=np.int64).reshape(7, 4)  # batches of 2: 4 batches
     started = [threading.Event() for _ in range(4)]
     running = []
     caller = contextvars.ContextVar("caller")
@@ -698,8 +698,9 @@ def test_a_task_calls_the_model_on_the_next_batch_while_it_merges_one():
 
     seen = []
     for k, (batch, patches) in enumerate(_model_ahead(model, None, boxes, 2)):
-        if k + 1 < len(started):  # the next call starts while this batch is merged
-            assert started[k + 1].wait(timeout=30)
+        for ahead in (k + 1, k + 2):  # the next two calls start while this batch is merged
+            if ahead < len(started):
+                assert started[ahead].wait(timeout=30)
         np.testing.assert_array_equal(patches["x"], batch * 10)
         seen.append(batch)
     np.testing.assert_array_equal(np.concatenate(seen), boxes)

@@ -3,6 +3,7 @@ and spill parts (its seams), then its marker."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextvars
 import logging
@@ -72,12 +73,18 @@ def _reuse_freed_arrays() -> None:
     set_mmap_threshold(MMAP_THRESHOLD)
 
 
+MODEL_AHEAD = 2
+"""Batches the model is called on ahead of the merge (see :func:`_model_ahead`)."""
+
+
 def _model_ahead(
     model: Model, task: Task, boxes: np.ndarray, batch_size: int
 ) -> Iterator[tuple[np.ndarray, Any]]:
-    """Each batch of ``boxes`` with its patches, the model called on the next batch (on a
-    thread of its own) while the caller merges this one: a model waiting for an accelerator
-    or a service overlaps the merge instead of taking turns with it."""
+    """Each batch of ``boxes`` with its patches, the model called on the next
+    :data:`MODEL_AHEAD` batches (one call at a time, on a thread of its own) while the caller
+    merges this one: a model waiting for an accelerator or a service overlaps the merge
+    instead of taking turns with it, and keeps working through a slow merge step (the end
+    of a tile row, where a row of output is normalised)."""
     batches = [boxes[i : i + batch_size] for i in range(0, len(boxes), batch_size)]
 
     def call(batch: np.ndarray) -> concurrent.futures.Future:
@@ -85,11 +92,11 @@ def _model_ahead(
         return ahead.submit(contextvars.copy_context().run, model, task, batch)
 
     with concurrent.futures.ThreadPoolExecutor(1, "cachetree-model") as ahead:
-        pending = call(batches[0]) if batches else None
+        pending = collections.deque(call(batch) for batch in batches[:MODEL_AHEAD])
         for k, batch in enumerate(batches):
-            patches = pending.result()
-            if k + 1 < len(batches):
-                pending = call(batches[k + 1])
+            patches = pending.popleft().result()
+            if k + MODEL_AHEAD < len(batches):
+                pending.append(call(batches[k + MODEL_AHEAD]))
             yield batch, patches
 
 
@@ -111,7 +118,8 @@ def run_task(
     Runs on a worker (any process that reaches ``node_url``); needs no lock. A task whose
     marker already names complete parts for the same boxes is skipped. Otherwise the model
     is called on the boxes ``batch_size`` at a time, top to bottom (on a thread of its own,
-    one batch ahead of the merge, so two batches of patches may be in memory), and the patches
+    :data:`MODEL_AHEAD` batches ahead of the merge, so three batches of patches may be in
+    memory), and the patches
     accumulate in a ``BandCanvas`` (``cachetree.canvas.cluster.band``) within the budget:
     the level-0 segments the plan gives this task alone are written, normalised, straight
     into the output images as soon as the patches have passed them (a retry writes the same
