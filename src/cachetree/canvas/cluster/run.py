@@ -118,8 +118,8 @@ def run_task(
     Runs on a worker (any process that reaches ``node_url``); needs no lock. A task whose
     marker already names complete parts for the same boxes is skipped. Otherwise the model
     is called on the boxes ``batch_size`` at a time, top to bottom (on a thread of its own,
-    :data:`MODEL_AHEAD` batches ahead of the merge, so three batches of patches may be in
-    memory), and the patches
+    up to two batches ahead of the merge, so three batches of patches may be in memory), and
+    the patches
     accumulate in a ``BandCanvas`` (``cachetree.canvas.cluster.band``) within the budget:
     the level-0 segments the plan gives this task alone are written, normalised, straight
     into the output images as soon as the patches have passed them (a retry writes the same
