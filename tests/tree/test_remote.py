@@ -96,3 +96,7 @@ def test_reads_on_s3_are_one_get_each_with_no_existence_check(s3_root):
     assert list(found) == [image.raw_child("zarr.json").path]
     assert json.loads(found[image.raw_child("zarr.json").path])["zarr_format"] == 3
     assert sorted(calls) == ["GetObject", "GetObject"]
+    calls.clear()  # arrays may be big: s3fs may read them in concurrent ranges, size first
+    metrics = loc.raw_child("metrics.json")
+    assert json.loads(metrics.read_bytes(large=True)) == {"n": 3}
+    assert calls == ["HeadObject", "GetObject"]

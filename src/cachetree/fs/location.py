@@ -233,10 +233,15 @@ class Location:
             return 0
 
     # -- reading ----------------------------------------------------------------------
-    def read_bytes(self) -> bytes:
-        """The file's contents (one request on object stores, see :func:`cat_whole`)."""
+    def read_bytes(self, *, large: bool = False) -> bytes:
+        """The file's contents: one request on object stores (see :func:`cat_whole`).
+
+        With ``large``, for files that may be big (arrays), the filesystem may read a file
+        over its block size in concurrent ranges instead; s3fs then asks for the size
+        first, one request more.
+        """
         try:
-            return cat_whole(self.fs, self.path)
+            return self.fs.cat_file(self.path) if large else cat_whole(self.fs, self.path)
         except FileNotFoundError as exc:
             raise NodeNotFoundError(f"no file at {self.url}") from exc
 
@@ -253,7 +258,7 @@ class Location:
         """
         if self.is_local:
             return np.load(self.path, mmap_mode="r" if mmap else None, allow_pickle=False)
-        return np.load(io.BytesIO(self.read_bytes()), allow_pickle=False)
+        return np.load(io.BytesIO(self.read_bytes(large=True)), allow_pickle=False)
 
     # -- writing ----------------------------------------------------------------------
     def makedirs(self) -> None:

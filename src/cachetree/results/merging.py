@@ -175,7 +175,7 @@ def _copy_part(part: PartInfo, node: Location) -> None:
         if rel == PART_MARKER or TMP_MARK in rel:
             continue
         target = Location(dest.fs, dest.path + "/" + rel)
-        target.write_bytes(Location(part.location.fs, path).read_bytes())
+        target.write_bytes(Location(part.location.fs, path).read_bytes(large=True))
     dest.raw_child(PART_MARKER).write_bytes(part.location.raw_child(PART_MARKER).read_bytes())
 
 
@@ -223,7 +223,7 @@ def merge(
                 ):
                     if on_conflict == "skip" and e["key"] in t_store:
                         continue
-                    data = s_store.location.raw_child(e["file"]).read_bytes()
+                    data = s_store.location.raw_child(e["file"]).read_bytes(large=True)
                     t_store.put_file(e["key"], data, e["shape"], e["dtype"], e.get("parts", ()))
         t_parts = {p.name: p for p in _carried_parts(target.location)}
         for p in _carried_parts(source.location):
@@ -330,7 +330,7 @@ def split(
                 continue
             with KeyedStore(t, name) as t_store:
                 for e in entries:
-                    data = st.location.raw_child(e["file"]).read_bytes()
+                    data = st.location.raw_child(e["file"]).read_bytes(large=True)
                     t_store.put_file(e["key"], data, e["shape"], e["dtype"], e.get("parts", ()))
         for p in all_parts:
             if p.kind == "part" and (p.key is None or wanted.find(key_from_json(p.key)) is None):

@@ -296,4 +296,4 @@ class NodeItems:
 
     def load_bytes(self, name: str) -> bytes:
         """Raw bytes of a file item (e.g. a PNG plot)."""
-        return self._find(name, ("", ".png", ".svg")).read_bytes()
+        return self._find(name, ("", ".png", ".svg")).read_bytes(large=True)
