@@ -239,11 +239,12 @@ def merge_distributed(
     preview.write(len(done) / len(task_list), now=True)  # while the first tasks run
     bar = tqdm(total=len(todo), desc="canvas tasks", unit="task", disable=not progress)
     try:
-        for future in as_completed(futures):
+        for finished, future in enumerate(as_completed(futures), 1):
             result: TaskResult = future.result()
             _account(report, result)
             preview.add(result.preview)
-            preview.write((report.skipped + report.computed) / len(task_list))
+            if not finalize or finished < len(futures):  # else the images replace it at once
+                preview.write((report.skipped + report.computed) / len(task_list))
             bar.update()
     except BaseException as exc:
         client.cancel(futures)
