@@ -119,14 +119,13 @@ def run_task(
     marker already names complete parts for the same boxes is skipped. Otherwise the model
     is called on the boxes ``batch_size`` at a time, top to bottom (on a thread of its own,
     up to two batches ahead of the merge, so three batches of patches may be in memory), and
-    the patches
-    accumulate in a ``BandCanvas`` (``cachetree.canvas.cluster.band``) within the budget:
-    the level-0 segments the plan gives this task alone are written, normalised, straight
-    into the output images as soon as the patches have passed them (a retry writes the same
-    shards again, each replaced in one step); the tiles of seams shared with other tasks go
-    to spill parts ``task-<id>-<attempt>-<seq>``. Once everything is on storage the marker
-    ``canvas-task-<id>`` is written last. A failure or a kill before that leaves parts no
-    marker names, which do not count.
+    the patches accumulate in a ``BandCanvas`` (``cachetree.canvas.cluster.band``) within
+    the budget: the level-0 segments the plan gives this task alone are written,
+    normalised, straight into the output images as soon as the patches have passed them (a
+    retry writes the same shards again, each replaced in one step); the tiles of seams
+    shared with other tasks go to spill parts ``task-<id>-<attempt>-<seq>``. Once
+    everything is on storage the marker ``canvas-task-<id>`` is written last. A failure or a
+    kill before that leaves parts no marker names, which do not count.
 
     Parameters
     ----------
