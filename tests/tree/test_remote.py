@@ -10,7 +10,7 @@ import pytest
 
 from cachetree import CacheTree, OpenMode, Status, cdir_commit, cdir_init, cdir_query
 from cachetree.errors import LockHeldError
-from cachetree.fs.location import cat_existing
+from cachetree.fs.location import Location, cat_existing
 from cachetree.tree.lock import LockInfo, acquire_lock, break_lock, lock_location, read_lock
 
 
@@ -100,3 +100,18 @@ def test_reads_on_s3_are_one_get_each_with_no_existence_check(s3_root):
     metrics = loc.raw_child("metrics.json")
     assert json.loads(metrics.read_bytes(large=True)) == {"n": 3}
     assert calls == ["HeadObject", "GetObject"]
+
+
+def test_removing_on_s3_lists_once_and_deletes_in_one_batch(s3_root):
+    loc = Location.from_url(s3_root + "/run")
+    loc.fs.pipe({f"{loc.path}/tree/{i}/f": b"1" for i in range(3)} | {f"{loc.path}/file": b"2"})
+    calls = _s3_calls(loc.fs)
+    loc.raw_child("tree").remove()
+    assert calls == ["ListObjectsV2", "DeleteObjects"]
+    calls.clear()
+    loc.raw_child("missing").remove()  # the listing is empty: is it a file? (HEAD, listing)
+    assert calls == ["ListObjectsV2", "HeadObject", "ListObjectsV2"]
+    calls.clear()
+    loc.raw_child("file").remove()
+    assert calls == ["ListObjectsV2", "HeadObject", "DeleteObjects"]
+    assert loc.fs.find(loc.path, refresh=True) == []

@@ -324,15 +324,28 @@ class Location:
 
         A local directory is first renamed to a temporary name beside it, so the path is gone
         in one step: a process creating files in it meanwhile (a writer waiting for a clean
-        claim) sees it missing and starts over rather than racing the recursive delete.
+        claim) sees it missing and starts over rather than racing the recursive delete. On
+        an object store, the keys at or under the path are listed once and deleted in
+        batches (a recursive ``rm`` would also check twice whether a missing path exists).
         """
         with storage_errors(self), contextlib.suppress(FileNotFoundError):
             path = self.path
+            if _keys_only(self.fs):
+                keys = self.fs.find(path)
+                if keys:
+                    self.fs.rm(keys)
+                return
             if self.is_local and os.path.isdir(path) and not os.path.islink(path):
                 doomed = temp_name(path)
                 os.rename(path, doomed)
                 path = doomed
             self.fs.rm(path, recursive=True)
+
+
+def _keys_only(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is an object store (s3fs, gcsfs, adlfs: fsspec's asynchronous
+    filesystems), where a folder is only a prefix of keys and is gone with its keys."""
+    return bool(getattr(fs, "async_impl", False))
 
 
 def _one_request(fs: fsspec.AbstractFileSystem) -> dict[str, Any]:
