@@ -366,10 +366,20 @@ def cat_whole(fs: fsspec.AbstractFileSystem, path: str) -> bytes:
 
 
 def cat_existing(fs: fsspec.AbstractFileSystem, paths: list[str]) -> dict[str, bytes]:
-    """The files of ``paths`` that exist, by path, read concurrently, one request each on
-    object stores (see :func:`cat_whole`)."""
+    """The files of ``paths`` that exist, by path (what is missing or not a file is left
+    out): read one after the other on local disk, concurrently elsewhere, one request each
+    on object stores (see :func:`cat_whole`)."""
     if not paths:
         return {}
+    if isinstance(fs, LocalFileSystem):
+        found = {}
+        for path in paths:
+            try:
+                with open(path, "rb") as fh:
+                    found[path] = fh.read()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                pass
+        return found
     found = fs.cat(paths, on_error="omit", **_one_request(fs))
     return found if isinstance(found, dict) else {paths[0]: found}
 

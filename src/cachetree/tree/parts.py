@@ -282,18 +282,7 @@ def remove_claimed_items(node: Location) -> None:
 def _read_markers(locations: list[Location]) -> dict[str, bytes]:
     if not locations:
         return {}
-    fs = locations[0].fs
-    paths = [loc.raw_child(PART_MARKER).path for loc in locations]
-    if locations[0].is_local:
-        found = {}
-        for path in paths:
-            try:
-                with open(path, "rb") as fh:
-                    found[path] = fh.read()
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                pass
-        return found
-    return cat_existing(fs, paths)
+    return cat_existing(locations[0].fs, [loc.raw_child(PART_MARKER).path for loc in locations])
 
 
 def _part_dirs(node: Location) -> list[Location]:
