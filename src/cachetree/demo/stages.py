@@ -8,8 +8,6 @@ peak of the whole run and of each stage.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import threading
 import time
 from collections.abc import Iterator
@@ -24,7 +22,6 @@ from ..fs.allocator import set_mmap_threshold
 __all__ = [
     "StageClock",
     "StageRecord",
-    "release_free_memory",
     "return_large_blocks_at_once",
     "stages_figure",
     "tree_cpu_seconds",
@@ -35,23 +32,6 @@ __all__ = [
 LARGE_BLOCK = 256 * 2**10
 """Blocks of at least this many bytes are mapped on their own (see
 :func:`return_large_blocks_at_once`)."""
-
-
-def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None
-
-
-def release_free_memory() -> None:
-    """Give the free pages of the heap back to the system (glibc's ``malloc_trim``).
-
-    glibc keeps freed blocks below its mmap threshold (which grows up to 32 MiB as large
-    arrays are freed) in the process, so without this the arrays a stage freed would still
-    count in the resident memory of the stages after it. Elsewhere than glibc it does nothing.
-    """
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
 
 
 def return_large_blocks_at_once(threshold: int = LARGE_BLOCK) -> None:

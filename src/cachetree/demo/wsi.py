@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ..fs.allocator import release_free_memory
 from ..results import combine, set_combiner
 from ..tree import CacheTree
 from ..tree.node import Node
@@ -41,7 +42,7 @@ from .levels import Plane, full_resolution
 from .model import merge_model, tissue_boxes
 from .quick import Progress, _bar_class, density_figure
 from .slide import SyntheticSlide, rgb_to_stains
-from .stages import StageClock, release_free_memory, return_large_blocks_at_once, stages_figure
+from .stages import StageClock, return_large_blocks_at_once, stages_figure
 
 __all__ = ["WsiParams", "run_wsi"]
 
