@@ -673,17 +673,19 @@ def test_worker_canvas_and_adopt(expected, tmp_path):
     assert parts_left(node.location) == []  # adopted parts go once the node is committed
 
 
-def test_a_task_calls_the_model_on_the_next_two_batches_while_it_merges_one():
-    """The model runs two batches ahead, on a thread of its own: while the merge holds batch
-    k, the calls for batches k + 1 and k + 2 have started; every batch comes with its own
-    patches, in order, the calls never overlap each other, and they see the caller's
-    context variables (``distributed.get_worker()`` reads one)."""
+def test_a_task_calls_the_model_on_the_next_batches_while_it_merges_one():
+    """The model runs MODEL_AHEAD batches ahead, on a thread of its own: while the merge holds
+    batch k, the calls for batches k + 1 to k + MODEL_AHEAD have started; every batch comes
+    with its own patches, in order, the calls never overlap each other, and they see the
+    caller's context variables (``distributed.get_worker()`` reads one)."""
     import contextvars
 
-    from cachetree.canvas.cluster.run import _model_ahead
+    from cachetree.canvas.cluster.run import MODEL_AHEAD, _model_ahead
 
-    boxes = np.arange(7 * 4, dtype=np.int64).reshape(7, 4)  # batches of 2: 4 batches
-    started = [threading.Event() for _ in range(4)]
+    assert MODEL_AHEAD >= 2
+    n = MODEL_AHEAD + 3
+    boxes = np.arange((2 * n - 1) * 4, dtype=np.int64).reshape(2 * n - 1, 4)  # batches of 2
+    started = [threading.Event() for _ in range(n)]
     running = []
     caller = contextvars.ContextVar("caller")
     caller.set("the task")
@@ -698,7 +700,7 @@ def test_a_task_calls_the_model_on_the_next_two_batches_while_it_merges_one():
 
     seen = []
     for k, (batch, patches) in enumerate(_model_ahead(model, None, boxes, 2)):
-        for ahead in (k + 1, k + 2):  # the next two calls start while this batch is merged
+        for ahead in range(k + 1, k + 1 + MODEL_AHEAD):  # started while this batch is merged
             if ahead < len(started):
                 assert started[ahead].wait(timeout=30)
         np.testing.assert_array_equal(patches["x"], batch * 10)

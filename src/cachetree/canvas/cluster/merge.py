@@ -133,7 +133,7 @@ def merge_distributed(
         name to ``(n, h, w, C)`` array. It runs on the workers, so it must be picklable
         (a module-level function, or one cloudpickle can ship); it is sent with every
         task, so load large weights inside it, once per worker process, rather than
-        capturing them. A task calls it up to two batches ahead of the merge, on a thread
+        capturing them. A task calls it up to four batches ahead of the merge, on a thread
         of its own (one call at a time).
     spec
         The canvas (:class:`~cachetree.canvas.CanvasSpec`).
@@ -144,7 +144,7 @@ def merge_distributed(
     worker_memory_budget
         Accumulator memory per worker process, shared by its threads (bytes, ``"1GiB"``,
         ``"10%"`` of that machine's RAM); None: min(1 GiB, 10 % of RAM). The model's own
-        memory (three batches of inputs and outputs) comes on top.
+        memory (five batches of inputs and outputs) comes on top.
     retries
         Times a task that raised is tried again (a killed worker's task is rescheduled by
         dask anyway, up to ``distributed.scheduler.allowed-failures``).
