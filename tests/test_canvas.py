@@ -271,6 +271,18 @@ def test_custom_weights_and_nan_ignore(tree):
             assert_matches(read_head(node, name, spec.channels), expected[name], spec.dtype)
 
 
+def test_huge_finite_values_are_not_taken_for_infinite(tree):
+    """The finite check sums a batch in one pass; a sum that overflows on values that are
+    all finite must not reject them."""
+    values = {"a": np.full((1, 4, 4, 1), 3e38, np.float32)}
+    assert not np.isfinite(values["a"].sum())  # the sum overflows
+    with tree.node("huge") as node:
+        canvas = Canvas(node, (4, 4), {"a": 1}, tile=8)
+        canvas.add(values, [[0, 0, 4, 4]])
+        canvas.finalize()
+        np.testing.assert_array_equal(read_head(node, "a", 1)[0], values["a"][0, ..., 0])
+
+
 def test_add_weighted_sums(tree):
     """Pre-weighted sums and weight sums are added as they are."""
     rng = np.random.default_rng(9)

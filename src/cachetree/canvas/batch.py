@@ -100,8 +100,14 @@ def prepare_batch(spec: CanvasSpec, outputs: Any, boxes: Any, weights: Any, fron
 
 
 def _all_finite(arr: np.ndarray) -> bool:
-    """Whether every value is finite, without allocating a mask (min/max propagate NaN)."""
+    """Whether every value is finite, without allocating a mask.
+
+    One pass: a sum is finite unless a value is NaN or infinite, or finite values overflow
+    it, which only then costs a second look (min and max propagate NaN and keep infinities).
+    """
     if arr.dtype.kind != "f" or arr.size == 0:
+        return True
+    if np.isfinite(np.add.reduce(arr, axis=None)):
         return True
     return bool(np.isfinite(arr.min()) and np.isfinite(arr.max()))
 
