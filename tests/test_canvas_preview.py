@@ -205,3 +205,57 @@ def test_the_preview_of_a_canvas_on_s3(s3_root):
     np.testing.assert_allclose(preview_level(node, "prob"), expected, rtol=1e-4, atol=1e-5)
     assert all(math.isfinite(v) for pair in state.value_range("prob") for v in pair)
     canvas.close()
+
+
+def _preview_pointer(node):
+    from cachetree.canvas.kinds import STAGING
+    from cachetree.canvas.preview import read_preview_pointer
+    from cachetree.tree.parts import parts_location
+
+    return read_preview_pointer(parts_location(node.location).raw_child(STAGING))
+
+
+def test_a_preview_write_told_to_stop_leaves_the_pointer_as_it_was(tmp_path):
+    """write_preview checks its stop event before every chunk: set, it returns False and
+    preview.json still names the preview before it."""
+    import threading
+
+    from cachetree.canvas.kinds import STAGING
+    from cachetree.canvas.preview import PreviewAccumulator, write_preview
+    from cachetree.tree.parts import parts_location
+
+    node = CacheTree(tmp_path / "root").node("c").open()
+    spec = CanvasSpec(SHAPE, HEADS, tile=64)
+    staging = parts_location(node.location).raw_child(STAGING)
+    accumulator = PreviewAccumulator(spec, 4)
+    stop = threading.Event()
+    assert write_preview(staging, 0, accumulator, {}, {"seq": 0}, stop) is True
+    assert _preview_pointer(node)["folder"].endswith("00000000")
+    stop.set()
+    assert write_preview(staging, 1, accumulator, {}, {"seq": 1}, stop) is False
+    assert _preview_pointer(node)["folder"].endswith("00000000")
+
+
+def test_a_cluster_preview_closed_for_finalising_drops_writes_not_begun(tmp_path):
+    """RunPreview.close(abandon=True), as merge_distributed calls it before finalising: a
+    write still queued is dropped (the finished images replace the preview at once), and
+    closing raises nothing."""
+    import threading
+
+    from cachetree.canvas.cluster.preview import RunPreview
+
+    node = CacheTree(tmp_path / "root").node("c").open()
+    spec = CanvasSpec(SHAPE, HEADS, tile=64)
+    preview = RunPreview(node.location, spec, 4)
+    gate = threading.Event()
+    preview._writer.submit(gate.wait)  # the writer's one thread is busy ...
+    preview.write(0.5, now=True)  # ... so this write waits in its queue
+    closing = threading.Thread(target=preview.close, kwargs={"abandon": True})
+    closing.start()
+    assert preview._stop.wait(timeout=30)
+    gate.set()
+    closing.join(timeout=30)
+    assert not closing.is_alive()
+    queued = preview._writes[0]  # dropped from the queue, or stopped before its first chunk
+    assert queued.cancelled() or queued.result() is False
+    assert _preview_pointer(node) is None  # never written

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -218,12 +219,15 @@ def write_preview(
     accumulator: PreviewAccumulator,
     rows_ranges: Mapping[str, np.ndarray],
     status: Mapping[str, Any],
-) -> None:
+    stop: threading.Event | None = None,
+) -> bool:
     """Write the preview as ``preview-<seq>/<head>.ome.zarr`` and point ``preview.json`` at it.
 
     ``rows_ranges`` gives each head's exact ``(2, C)`` range of the rows written;
     ``status`` is stored in the pointer as it is (batch count, share merged, ...). Older
-    preview folders but the previous one are removed.
+    preview folders but the previous one are removed. Once ``stop`` is set, the write ends
+    at its next chunk and returns False: ``preview.json`` still names the previous preview,
+    and the folder begun is left for the next write (or the end of the canvas) to remove.
     """
     spec = accumulator.spec
     folder = f"{_PREFIX}{seq:08d}"
@@ -243,6 +247,8 @@ def write_preview(
         )
         for level, data in enumerate(levels):
             for index in np.ndindex(*image.grid(level)):
+                if stop is not None and stop.is_set():
+                    return False
                 *lead, ty, tx = index
                 c = lead[0] if lead else 0
                 y0, x0 = ty * spec.tile, tx * spec.tile
@@ -268,6 +274,7 @@ def write_preview(
     old = sorted(n for n in staging.ls() if n.startswith(_PREFIX) and n != folder)
     for name in old[: max(0, len(old) - (_KEEP - 1))]:
         staging.raw_child(name).remove()
+    return True
 
 
 def read_preview_pointer(staging: Location) -> dict[str, Any] | None:

@@ -260,7 +260,7 @@ def merge_distributed(
     report.seconds_tasks = time.perf_counter() - start
     if not finalize:  # with finalize, the finished images replace the preview at once
         preview.write((report.skipped + report.computed) / len(task_list), now=True)
-    preview.close()
+    preview.close(abandon=finalize)
     if finalize:
         start = time.perf_counter()
         report.images = finalize_canvas(

@@ -13,6 +13,7 @@ for it.
 from __future__ import annotations
 
 import concurrent.futures
+import threading
 import time
 from typing import Any
 
@@ -65,6 +66,7 @@ class RunPreview:
         self._written_at = -float("inf")
         self._writer = concurrent.futures.ThreadPoolExecutor(1, "cachetree-preview")
         self._writes: list[concurrent.futures.Future] = []
+        self._stop = threading.Event()
 
     def add(self, block_sums: tuple[tuple[int, int], dict[str, Any]] | None) -> None:
         """Add one task's block sums (``(first cell, arrays)``; None adds nothing)."""
@@ -81,13 +83,23 @@ class RunPreview:
         status = {"seq": self._seq, "merged": merged}
         snapshot = self.accumulator.copy()
         self._writes.append(
-            self._writer.submit(write_preview, self._staging, self._seq, snapshot, {}, status)
+            self._writer.submit(
+                write_preview, self._staging, self._seq, snapshot, {}, status, self._stop
+            )
         )
         self._seq += 1
         self._written_at = time.monotonic()
 
-    def close(self, *, check: bool = True) -> None:
-        """Wait for the writes asked for; with ``check``, raise the first that failed."""
-        self._writer.shutdown(wait=True)
+    def close(self, *, check: bool = True, abandon: bool = False) -> None:
+        """Wait for the writes asked for; with ``check``, raise the first that failed.
+
+        With ``abandon`` (the finished images are about to replace the preview), writes
+        not begun are dropped and one under way stops at its next chunk, leaving
+        ``preview.json`` as it was.
+        """
+        if abandon:
+            self._stop.set()
+        self._writer.shutdown(wait=True, cancel_futures=abandon)
         for write in self._writes if check else ():
-            write.result()
+            if not write.cancelled():
+                write.result()
