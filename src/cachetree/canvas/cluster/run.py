@@ -72,7 +72,7 @@ def _reusing_freed_arrays() -> Iterator[None]:
     :data:`MMAP_THRESHOLD` (once per process), and during the task each heap keeps up to
     :data:`KEPT_FREE` of freed memory rather than trimming it at once
     (:func:`~cachetree.fs.allocator.keep_freed_memory`): that halved a W1 band task's page
-    faults again (about 200 000 to 90 000) and cut its kernel time by a quarter. The free
+    faults again (about 200 000 to 90 000) and cut its kernel time by a third (0.5 s). The free
     memory goes back to the system when the worker's last running task ends.
     """
     if not _tuned:
@@ -130,10 +130,9 @@ def run_task(
     Runs on a worker (any process that reaches ``node_url``); needs no lock. A task whose
     marker already names complete parts for the same boxes is skipped. Otherwise the model
     is called on the boxes ``batch_size`` at a time, top to bottom (on a thread of its own,
-    up to :data:`MODEL_AHEAD` batches ahead of the merge, so five batches of patches may be in
-    memory), and
-    the patches accumulate in a ``BandCanvas`` (``cachetree.canvas.cluster.band``) within
-    the budget: the level-0 segments the plan gives this task alone are written,
+    up to four batches ahead of the merge, so five batches of patches may be in memory),
+    and the patches accumulate in a ``BandCanvas`` (``cachetree.canvas.cluster.band``)
+    within the budget: the level-0 segments the plan gives this task alone are written,
     normalised, straight into the output images as soon as the patches have passed them (a
     retry writes the same shards again, each replaced in one step); the tiles of seams
     shared with other tasks go to spill parts ``task-<id>-<attempt>-<seq>``. Once
