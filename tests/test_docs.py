@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ PAGES = sorted(p for p in DOCS.rglob("*.md") if BLOCK.search(p.read_text()))
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_code_blocks_run(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the pages' mkdtemp() go here
     namespace: dict = {"__name__": "__docs__"}
     for i, block in enumerate(BLOCK.findall(page.read_text())):
         exec(compile(block, f"{page.name}[block {i}]", "exec"), namespace)
