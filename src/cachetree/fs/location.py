@@ -16,6 +16,8 @@ import json
 import os
 import posixpath
 import re
+import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, BinaryIO
@@ -225,6 +227,8 @@ class Location:
 
     def du(self) -> int:
         """Total bytes stored at or below this location (0 when missing)."""
+        if self.is_local:
+            return _local_du(self.path)
         try:
             if self.fs.isfile(self.path):
                 return int(self.fs.size(self.path))
@@ -335,11 +339,32 @@ class Location:
                 if keys:
                     self.fs.rm(keys)
                 return
-            if self.is_local and os.path.isdir(path) and not os.path.islink(path):
+            if not self.is_local:
+                self.fs.rm(path, recursive=True)
+            elif os.path.isdir(path) and not os.path.islink(path):
                 doomed = temp_name(path)
                 os.rename(path, doomed)
-                path = doomed
-            self.fs.rm(path, recursive=True)
+                shutil.rmtree(doomed)
+            else:
+                os.remove(path)
+
+
+def _local_du(path: str) -> int:
+    """Bytes of the files at or below a local path, read with one ``stat`` each (fsspec's
+    ``du`` lists every folder and asks for the details of every entry: several times
+    slower on a committed canvas of a thousand files)."""
+    try:
+        top = os.stat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(top.st_mode):
+        return top.st_size
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                total += os.stat(os.path.join(folder, name)).st_size
+    return total
 
 
 def _keys_only(fs: fsspec.AbstractFileSystem) -> bool:
