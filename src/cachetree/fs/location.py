@@ -266,7 +266,9 @@ class Location:
 
     # -- writing ----------------------------------------------------------------------
     def makedirs(self) -> None:
-        """Create this directory and its parents (a no-op on object stores)."""
+        """Create this directory and its parents; on object stores, where folders exist only
+        as key prefixes, the filesystem at most checks that the bucket exists (s3fs: a HEAD,
+        creating the bucket when it is missing)."""
         with storage_errors(self):
             self.fs.makedirs(self.path, exist_ok=True)
 
