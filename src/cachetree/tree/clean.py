@@ -39,7 +39,7 @@ from ..errors import (
     LockHeldError,
     NodeNotFoundError,
 )
-from ..fs.location import TMP_MARK, Location, split_node_path
+from ..fs.location import TMP_MARK, Location, local_file_stats, split_node_path
 from .inventory import is_own_entry
 from .keyed import INVENTORY, STORE_SUFFIX, combined_part_ids, read_inventory
 from .layout import CANVAS_JSON, LOCK, MANIFEST, PARTS
@@ -444,11 +444,7 @@ def _newest_change(loc: Location) -> float | None:
             newest = os.stat(loc.path).st_mtime
         except OSError:
             return None
-        for dirpath, _dirs, files in os.walk(loc.path):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    newest = max(newest, os.stat(os.path.join(dirpath, name)).st_mtime)
-        return newest
+        return max([newest, *(s.st_mtime for s in local_file_stats(loc.path))])
     try:
         infos = loc.fs.find(loc.path, detail=True, withdirs=True) or {
             loc.path: loc.fs.info(loc.path)

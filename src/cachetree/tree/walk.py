@@ -144,20 +144,10 @@ class _Lister:
 
     def read_many(self, paths: list[str]) -> dict[str, bytes]:
         """Contents of the files that exist among ``paths``."""
-        if not paths:
-            return {}
+        found = cat_existing(self.fs, paths)
         if self.local:
-            found = {}
-            for path in paths:
-                try:
-                    with open(path, "rb") as fh:
-                        found[path] = fh.read()
-                except (FileNotFoundError, NotADirectoryError):
-                    pass
-                except IsADirectoryError:
-                    found[path] = _IS_DIRECTORY
-            return found
-        return cat_existing(self.fs, paths)
+            found.update({p: _IS_DIRECTORY for p in paths if p not in found and os.path.isdir(p)})
+        return found
 
 
 def walk(root: Location, *, max_depth: int | None = None) -> Iterator[NodeInfo]:

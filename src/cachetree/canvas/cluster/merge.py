@@ -239,12 +239,11 @@ def merge_distributed(
     preview.write(len(done) / len(task_list), now=True)  # while the first tasks run
     bar = tqdm(total=len(todo), desc="canvas tasks", unit="task", disable=not progress)
     try:
-        for finished, future in enumerate(as_completed(futures), 1):
+        for future in as_completed(futures):
             result: TaskResult = future.result()
             _account(report, result)
             preview.add(result.preview)
-            if not finalize or finished < len(futures):  # else the images replace it at once
-                preview.write((report.skipped + report.computed) / len(task_list))
+            preview.write((report.skipped + report.computed) / len(task_list))
             bar.update()
     except BaseException as exc:
         client.cancel(futures)
@@ -260,7 +259,7 @@ def merge_distributed(
     report.seconds_tasks = time.perf_counter() - start
     if not finalize:  # with finalize, the finished images replace the preview at once
         preview.write((report.skipped + report.computed) / len(task_list), now=True)
-    preview.close(abandon=finalize)
+    preview.close(abandon=finalize)  # with finalize, a write still going is not waited for
     if finalize:
         start = time.perf_counter()
         report.images = finalize_canvas(

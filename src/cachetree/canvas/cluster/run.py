@@ -7,6 +7,7 @@ import collections
 import concurrent.futures
 import contextlib
 import contextvars
+import functools
 import logging
 import os
 import time
@@ -58,7 +59,11 @@ MMAP_THRESHOLD = 64 * 2**20
 KEPT_FREE = 256 * 2**20
 """Freed memory each heap of a worker keeps for reuse while a task runs (see
 :func:`_reusing_freed_arrays`)."""
-_tuned: list[bool] = []
+
+
+@functools.cache
+def _raise_mmap_threshold() -> bool:
+    return set_mmap_threshold(MMAP_THRESHOLD)
 
 
 @contextlib.contextmanager
@@ -75,9 +80,7 @@ def _reusing_freed_arrays() -> Iterator[None]:
     faults again (about 200 000 to 90 000) and cut its kernel time by a third (0.5 s). The free
     memory goes back to the system when the worker's last running task ends.
     """
-    if not _tuned:
-        _tuned.append(True)
-        set_mmap_threshold(MMAP_THRESHOLD)
+    _raise_mmap_threshold()
     with keep_freed_memory(KEPT_FREE):
         yield
 
